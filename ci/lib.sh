@@ -1,0 +1,177 @@
+# Shared steps of ci/build and ci/test. Source it; it runs nothing by itself.
+# shellcheck shell=bash
+
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+build_root="${repo_root}/build"
+cache_dir="${CAFFE_PYLAYER_CACHE:-${HOME}/.cache/caffe-pylayer}"
+tools_env="${build_root}/tools"     # jinja2, pyyaml, linters: never in the package env
+
+# Debian packages the native CPU build needs (see shared/FACTS.md for sizes).
+apt_build_deps=(
+  build-essential cmake ninja-build ccache pkg-config patch curl ca-certificates
+  python3 python3-dev python3-venv
+  libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-python-dev
+  libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev
+  libhdf5-dev libleveldb-dev liblmdb-dev libsnappy-dev libopenblas-dev libopencv-dev
+  graphviz
+)
+# Python packages of the package env: what pycaffe and its tests import.
+pip_env_deps=("numpy>=2" six "protobuf>=3.21" scikit-image scipy pydot pytest)
+
+# --- Progress: every step prints its name and, when done, its duration.
+step_started=0
+step() {
+  step_finish
+  step_started=$(date +%s)
+  printf '\n==> %s\n' "$*"
+}
+step_finish() {
+  if (( step_started > 0 )); then
+    printf '    done in %ss\n' "$(( $(date +%s) - step_started ))"
+  fi
+  step_started=0
+}
+die() {
+  printf 'error: %s\n' "$*" >&2
+  exit 1
+}
+
+# Variant of the build: CPU unless --cuda. Sets env_dir, flavour.
+select_flavour() {
+  local cuda=$1
+  if [[ "${cuda}" == 1 ]]; then
+    flavour=cuda
+    env_dir="${build_root}/env-cuda"
+  else
+    flavour=cpu
+    env_dir="${build_root}/env"
+  fi
+  src_dir="${build_root}/src-${flavour}"
+}
+
+# Install missing Debian packages; a no-op when all are present.
+apt_install() {
+  local missing=()
+  local pkg
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "${pkg}" 2>/dev/null | grep -q 'ok installed' \
+      || missing+=("${pkg}")
+  done
+  if (( ${#missing[@]} == 0 )); then
+    echo "    all ${#} Debian packages present"
+    return
+  fi
+  echo "    installing ${#missing[@]} Debian packages: ${missing[*]}"
+  local sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  "${sudo[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/dev/null
+}
+
+# A venv of Debian's own python3 (Debian's Boost.Python is built for it).
+make_venv() {
+  local dir=$1
+  shift
+  if [[ ! -x "${dir}/bin/python" ]]; then
+    /usr/bin/python3 -m venv "${dir}"
+  fi
+  "${dir}/bin/python" -m pip install -q --disable-pip-version-check "$@"
+}
+
+ensure_tools_env() {
+  make_venv "${tools_env}" jinja2 pyyaml
+}
+
+# Read the recipe's source section (URLs, sha256, patches) for the native build.
+recipe_source() {
+  "${tools_env}/bin/python" "${repo_root}/ci/recipe.py" source
+}
+
+# The Debian mirror apt already uses (deb822 .sources or one-line sources.list).
+apt_mirror() {
+  {
+    cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {print $2}'
+    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
+      | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; break}}'
+  } | grep -v security | head -n 1 | sed 's:/*$::'
+}
+
+# Download the tarball named in the recipe into the cache (apt's mirror first,
+# then the recipe's URLs) and verify its sha256. Prints the tarball's path.
+fetch_source() {
+  local urls=() sha256="" line
+  while read -r kind value; do
+    case "${kind}" in
+      url) urls+=("${value}") ;;
+      sha256) sha256="${value}" ;;
+    esac
+  done < <(recipe_source)
+  local file="${urls[0]##*/}"
+  local path="${cache_dir}/${file}"
+  local mirror
+  mirror=$(apt_mirror)
+  [[ -z "${mirror}" ]] || urls=("${mirror}/pool/main/c/caffe/${file}" "${urls[@]}")
+  mkdir -p "${cache_dir}"
+  if [[ ! -f "${path}" ]]; then
+    local url
+    for url in "${urls[@]}"; do
+      echo "    downloading ${url}" >&2
+      if curl -fsSL --retry 2 -o "${path}.part" "${url}"; then
+        mv "${path}.part" "${path}"
+        break
+      fi
+      echo "    failed: ${url}" >&2
+    done
+    [[ -f "${path}" ]] || die "could not download ${file} from any of ${#urls[@]} URLs"
+  fi
+  verify_sha256 "${path}" "${sha256}"
+  echo "${path}"
+}
+
+verify_sha256() {
+  local path=$1 expected=$2 actual
+  actual=$(sha256sum "${path}" | cut -d' ' -f1)
+  if [[ "${actual}" != "${expected}" ]]; then
+    mv "${path}" "${path}.bad-sha256"
+    die "sha256 mismatch for ${path##*/}
+  expected ${expected}
+  actual   ${actual}
+  (kept as ${path}.bad-sha256; the next run downloads it again)"
+  fi
+  echo "    sha256 ok: ${path##*/}" >&2
+}
+
+# Unpack the tarball and apply the recipe's patches strictly (no fuzz), like
+# conda-build. An unchanged tree (same tarball and patches) is kept, with its
+# build folder, so a re-run rebuilds nothing; a changed one is unpacked again
+# at the same path, which keeps ccache hitting.
+prepare_source() {
+  local tarball=$1 dir=$2
+  local patches=() kind value
+  while read -r kind value; do
+    [[ "${kind}" != patch ]] || patches+=("${repo_root}/${value}")
+  done < <(recipe_source)
+  local stamp
+  stamp=$(cat "${tarball}" "${patches[@]}" | sha256sum | cut -d' ' -f1)
+  if [[ -f "${dir}/.caffe-pylayer-stamp" && "$(cat "${dir}/.caffe-pylayer-stamp")" == "${stamp}" ]]; then
+    echo "    unchanged source tree, reused"
+    return
+  fi
+  rm -rf "${dir}"
+  mkdir -p "${dir}"
+  tar -xzf "${tarball}" -C "${dir}"
+  local patch
+  for patch in "${patches[@]}"; do
+    [[ -f "${patch}" ]] || die "patch listed in recipe/meta.yaml is missing: ${patch#"${repo_root}/"}"
+    if ! patch -d "${dir}" -p1 --fuzz=0 --forward --batch --quiet --dry-run -i "${patch}" >/dev/null; then
+      patch -d "${dir}" -p1 --fuzz=0 --forward --batch --dry-run -i "${patch}" >&2 || true
+      die "patch does not apply cleanly (no fuzz allowed): ${patch#"${repo_root}/"}"
+    fi
+    patch -d "${dir}" -p1 --fuzz=0 --forward --batch --quiet -i "${patch}"
+    echo "    applied ${patch##*/}"
+  done
+  # conda-build unpacks pylayers/ as a second source next to Caffe's.
+  ln -s "${repo_root}/pylayers" "${dir}/pylayers"
+  echo "${stamp}" > "${dir}/.caffe-pylayer-stamp"
+}

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""Render recipe/meta.yaml the way conda-build does, without conda.
+
+conda-build renders meta.yaml in two passes: Jinja2 with its own helpers
+(compiler(), stdlib(), pin_subpackage(), environ, the variant's keys), then
+line selectors (`# [expr]`) evaluated against the variant. This script does
+both for every variant of conda_build_config.yaml (zip_keys honoured), so the
+native build can read the source section from the one recipe and ci/test can
+check the recipe's invariants.
+
+    recipe.py source             URLs, sha256 and patches, one per line
+    recipe.py variants           one JSON line per variant: its keys and build strings
+    recipe.py render [KEY=VALUE] the rendered meta.yaml of one variant
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import jinja2
+import yaml
+
+RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipe"
+SELECTOR = re.compile(r"^(?P<line>.*?)\s*#\s*\[(?P<expr>.+)\]\s*(#.*)?$")
+
+
+def variants(recipe_dir: Path = RECIPE_DIR) -> list[dict[str, str]]:
+    """Every combination of conda_build_config.yaml, zip_keys moving together."""
+    config = yaml.safe_load((recipe_dir / "conda_build_config.yaml").read_text())
+    zipped = config.pop("zip_keys", [])
+    groups: list[list[dict[str, str]]] = []
+    for keys in zipped:
+        lengths = {len(config[k]) for k in keys}
+        if len(lengths) != 1:
+            raise ValueError(f"zip_keys {keys} have lists of different lengths {lengths}")
+        groups.append([{k: str(config[k][i]) for k in keys} for i in range(lengths.pop())])
+        for k in keys:
+            del config[k]
+    for key, values in config.items():
+        groups.append([{key: str(v)} for v in values])
+    result = []
+    for combo in itertools.product(*groups):
+        merged: dict[str, str] = {}
+        for part in combo:
+            merged.update(part)
+        result.append(merged)
+    return result
+
+
+def _selector_namespace(variant: dict[str, str]) -> dict[str, object]:
+    py = variant.get("python", "3.11")
+    namespace: dict[str, object] = {
+        "linux": True, "linux64": True, "osx": False, "win": False, "unix": True,
+        "x86_64": True, "aarch64": False, "py": int(py.replace(".", "")),
+    }
+    namespace.update(variant)
+    return namespace
+
+
+def apply_selectors(text: str, variant: dict[str, str]) -> str:
+    """Drop lines whose `# [expr]` is false, as conda-build's select_lines does."""
+    namespace = _selector_namespace(variant)
+    kept = []
+    for line in text.splitlines():
+        match = SELECTOR.match(line)
+        if match is None:
+            kept.append(line)
+        elif eval(match.group("expr"), {"__builtins__": {}}, dict(namespace)):  # noqa: S307
+            kept.append(match.group("line"))
+    return "\n".join(kept) + "\n"
+
+
+def _compiler():
+    names = {"c": "gcc", "cxx": "gxx", "cuda": "cuda-nvcc", "fortran": "gfortran"}
+
+    # Jinja runs before selectors, so compiler('cuda') is called in CPU
+    # variants too; conda-build names a package there as well.
+    def compiler(language: str) -> str:
+        return f"{names[language]}_linux-64"
+
+    return compiler
+
+
+class _Environ(dict):
+    """conda-build's `environ`: os.environ, with .get for defaults."""
+
+
+def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
+    """Render meta.yaml for one variant and parse it."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    version_holder: dict[str, str] = {}
+
+    def pin_subpackage(name: str, exact: bool = False, max_pin: str = "x.x") -> str:
+        if exact:
+            return f"{name} {version_holder.get('version', '')} {build_string()}"
+        return f"{name} >={version_holder.get('version', '')}"
+
+    def build_string() -> str:
+        return "<build string>"
+
+    context: dict[str, object] = dict(variant)
+    if context.get("cuda_compiler_version") == "None":
+        context["cuda_compiler_version"] = "None"
+    context.update(
+        compiler=_compiler(),
+        stdlib=lambda language: "sysroot_linux-64 2.17",
+        pin_subpackage=pin_subpackage,
+        pin_compatible=lambda name, **kw: name,
+        environ=_Environ({**os.environ, **variant}),
+        CONDA_PY=variant.get("python", "3.11").replace(".", ""),
+        PY_VER=variant.get("python", "3.11"),
+        PKG_HASH="1234567",
+        RECIPE_DIR=str(recipe_dir),
+    )
+    template = env.from_string((recipe_dir / "meta.yaml").read_text())
+    # First pass finds the version for pin_subpackage, as conda-build re-renders.
+    first = yaml.safe_load(apply_selectors(template.render(**context), variant))
+    version_holder["version"] = str(first["package"]["version"])
+    return yaml.safe_load(apply_selectors(template.render(**context), variant))
+
+
+def source_lines(meta: dict) -> list[str]:
+    """The tarball's URLs, sha256 and patch paths (relative to the repo)."""
+    tarball = meta["source"][0]
+    urls = tarball["url"] if isinstance(tarball["url"], list) else [tarball["url"]]
+    lines = [f"url {u}" for u in urls]
+    lines.append(f"sha256 {tarball['sha256']}")
+    for patch in tarball.get("patches", []):
+        lines.append(f"patch {os.path.normpath(Path('recipe') / patch)}")
+    return lines
+
+
+def _parse_overrides(args: list[str]) -> dict[str, str]:
+    return dict(arg.split("=", 1) for arg in args)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    command, rest = argv[0], argv[1:]
+    all_variants = variants()
+    if command == "source":
+        print("\n".join(source_lines(render(all_variants[0]))))
+    elif command == "variants":
+        for variant in all_variants:
+            meta = render(variant)
+            strings = {o["name"]: o["build"]["string"] for o in meta["outputs"]}
+            print(json.dumps({"variant": variant, "build_strings": strings}))
+    elif command == "render":
+        chosen = {**all_variants[0], **_parse_overrides(rest)}
+        print(yaml.safe_dump(render(chosen), sort_keys=False))
+    else:
+        print(f"recipe.py: unknown command {command!r}; see --help", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

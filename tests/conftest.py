@@ -1,0 +1,59 @@
+"""Shared helpers of the post-build tests.
+
+The tests never know how the environment was built (conda-build or ci/build):
+they use the interpreter they run under and the caffe tool installed beside it.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("GLOG_minloglevel", "2")  # keep Caffe's INFO logs out of test output
+
+import pytest  # noqa: E402
+
+import caffe  # noqa: E402
+
+LAYERS_DIR = Path(__file__).parent / "layers"   # test-only Python layer modules
+CAFFE_TOOL = Path(sys.executable).parent / "caffe"
+
+
+@pytest.fixture(autouse=True)
+def cpu_mode():
+    caffe.set_mode_cpu()
+
+
+@pytest.fixture
+def write_file(tmp_path):
+    """Write text to a file under tmp_path and return its path."""
+    def write(name: str, text: str) -> Path:
+        path = tmp_path / name
+        path.write_text(text)
+        return path
+    return write
+
+
+def run_caffe_tool(*args: str, pythonpath: Path | None = None,
+                   cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the caffe tool with no PYTHONPATH but, if given, one layer folder."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env["GLOG_minloglevel"] = "0"  # the tests read the tool's log
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run([str(CAFFE_TOOL), *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=600)
+
+
+@functools.cache
+def gpu_count() -> int:
+    """GPUs Caffe can use: 0 for a CPU-only build or a machine without a GPU."""
+    probe = subprocess.run([str(CAFFE_TOOL), "device_query", "-gpu", "0"],
+                           capture_output=True, text=True, timeout=120)
+    return 1 if probe.returncode == 0 else 0
+
+
+requires_gpu = pytest.mark.skipif("gpu_count() == 0",
+                                  reason="needs a CUDA build of Caffe and a visible GPU")

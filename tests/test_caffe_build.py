@@ -1,0 +1,88 @@
+"""The compiled Caffe: pycaffe, the Python layer, the caffe tool and its errors."""
+import json
+import sys
+
+import numpy as np
+import pytest
+
+import caffe
+from conftest import LAYERS_DIR, run_caffe_tool
+
+PROBE_NET = """
+name: "probe"
+force_backward: true
+layer {{ name: "data" type: "DummyData" top: "x"
+        dummy_data_param {{ shape {{ dim: 4 dim: 3 }} data_filler {{ type: "gaussian" }} }} }}
+layer {{ name: "probe" type: "Python" bottom: "x" top: "y"
+        python_param {{ module: "{module}" layer: "{layer}" param_str: "{param}" }} }}
+layer {{ name: "sum" type: "Reduction" bottom: "y" top: "s" }}
+"""
+
+
+def probe_net(write_file, module="probe_layers", layer="EnvProbeLayer", param="unused"):
+    return write_file("net.prototxt", PROBE_NET.format(module=module, layer=layer, param=param))
+
+
+def test_python_layer_is_registered():
+    assert "Python" in caffe.layer_type_list()
+
+
+def test_pycaffe_runs_on_numpy_2():
+    assert int(np.__version__.split(".")[0]) >= 2
+    assert caffe.__file__.startswith(sys.prefix)  # installed into the env, not a source tree
+
+
+def test_caffe_tool_reports_its_version():
+    result = run_caffe_tool("--version")
+    assert result.returncode == 0
+    assert "1.0.0" in result.stdout + result.stderr
+
+
+def test_caffe_tool_embeds_the_python_of_its_own_env(write_file, tmp_path):
+    report = tmp_path / "probe.json"
+    net = probe_net(write_file, param=str(report))
+    result = run_caffe_tool("time", "-model", str(net), "-iterations", "2", pythonpath=LAYERS_DIR)
+    assert result.returncode == 0, result.stderr[-3000:]
+    probe = json.loads(report.read_text())
+    assert probe["prefix"] == sys.prefix
+    assert probe["numpy"].startswith(sys.prefix)
+    assert probe["layer_name"] == "probe"
+    assert "Average Forward-Backward" in result.stderr
+
+
+def test_pycaffe_reports_a_missing_layer_module(write_file):
+    net = probe_net(write_file, module="no_such_layer_module")
+    with pytest.raises(ModuleNotFoundError, match="no_such_layer_module"):
+        caffe.Net(str(net), caffe.TRAIN)
+
+
+def test_pycaffe_reports_a_missing_layer_class(write_file, monkeypatch):
+    monkeypatch.syspath_prepend(str(LAYERS_DIR))
+    net = probe_net(write_file, layer="NoSuchLayer")
+    with pytest.raises(AttributeError, match="NoSuchLayer"):
+        caffe.Net(str(net), caffe.TRAIN)
+
+
+def test_pycaffe_raises_the_exception_from_forward(write_file, monkeypatch):
+    monkeypatch.syspath_prepend(str(LAYERS_DIR))
+    net = caffe.Net(str(probe_net(write_file, layer="RaisingLayer")), caffe.TRAIN)
+    with pytest.raises(ValueError, match="deliberate failure in forward"):
+        net.forward()
+
+
+def test_caffe_tool_exits_1_for_a_missing_layer_module(write_file):
+    net = probe_net(write_file, module="no_such_layer_module")
+    result = run_caffe_tool("time", "-model", str(net), "-iterations", "1")
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "ModuleNotFoundError: No module named 'no_such_layer_module'" in result.stderr
+    assert "SIGABRT" not in result.stderr
+
+
+def test_caffe_tool_exits_1_with_the_traceback_of_forward(write_file):
+    net = probe_net(write_file, layer="RaisingLayer")
+    result = run_caffe_tool("time", "-model", str(net), "-iterations", "1", pythonpath=LAYERS_DIR)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "ValueError: RaisingLayer: deliberate failure in forward" in result.stderr
+    assert "SIGABRT" not in result.stderr
+
