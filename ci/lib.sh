@@ -16,7 +16,7 @@ apt_build_deps=(
   graphviz
 )
 # Python packages of the package env: what pycaffe and its tests import.
-pip_env_deps=("numpy>=2" six "protobuf>=3.21" scikit-image scipy pydot pytest)
+pip_env_deps=("numpy>=2" six "protobuf>=3.21" scikit-image scipy pydot h5py pytest)
 
 # --- Progress: every step prints its name and, when done, its duration.
 step_started=0
@@ -126,6 +126,8 @@ fetch_source() {
     [[ -f "${path}" ]] || die "could not download ${file} from any of ${#urls[@]} URLs"
   fi
   verify_sha256 "${path}" "${sha256}"
+  # What was verified, for the recipe checks of ci/test.
+  echo "${sha256} ${path}" > "${build_root}/source-verified.txt"
   echo "${path}"
 }
 

@@ -92,15 +92,14 @@ class _Environ(dict):
 def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
     """Render meta.yaml for one variant and parse it."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    version_holder: dict[str, str] = {}
+    first_pass: dict[str, object] = {}
 
     def pin_subpackage(name: str, exact: bool = False, max_pin: str = "x.x") -> str:
+        """conda-build's pin: exact gives 'name version build_string' of that output."""
+        version = first_pass.get("version", "0")
         if exact:
-            return f"{name} {version_holder.get('version', '')} {build_string()}"
-        return f"{name} >={version_holder.get('version', '')}"
-
-    def build_string() -> str:
-        return "<build string>"
+            return f"{name} {version} {first_pass.get('strings', {}).get(name, 'unrendered')}"
+        return f"{name} >={version}"
 
     context: dict[str, object] = dict(variant)
     if context.get("cuda_compiler_version") == "None":
@@ -117,9 +116,11 @@ def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
         RECIPE_DIR=str(recipe_dir),
     )
     template = env.from_string((recipe_dir / "meta.yaml").read_text())
-    # First pass finds the version for pin_subpackage, as conda-build re-renders.
+    # A first pass finds the version and build strings for pin_subpackage, as
+    # conda-build renders outputs again once it knows them.
     first = yaml.safe_load(apply_selectors(template.render(**context), variant))
-    version_holder["version"] = str(first["package"]["version"])
+    first_pass["version"] = str(first["package"]["version"])
+    first_pass["strings"] = {o["name"]: o["build"]["string"] for o in first.get("outputs", [])}
     return yaml.safe_load(apply_selectors(template.render(**context), variant))
 
 

@@ -25,6 +25,7 @@ class EuclideanLossLayer(PythonLayer):
         super().setup(bottom, top)
         self.diff = np.empty(0, dtype=np.float32)
         self.num = 1
+        self.inv_num = np.float32(1)
 
     def reshape(self, bottom: Sequence[Any], top: Sequence[Any]) -> None:
         a, b = bottom[0], bottom[1]
@@ -39,18 +40,22 @@ class EuclideanLossLayer(PythonLayer):
         if a.num == 0:
             raise self.config_error(f"bottoms are empty: {tuple(a.shape)}")
         self.num = a.num
+        self.inv_num = np.float32(1.0 / a.num)  # multiply, not divide, per call
         if self.diff.size != a.count:  # reuse the buffer while the size holds
             self.diff = np.empty(a.count, dtype=np.float32)
         top[0].reshape()  # no axes: a scalar, as built-in losses
 
     def forward(self, bottom: Sequence[Any], top: Sequence[Any]) -> None:
-        np.subtract(bottom[0].data.reshape(-1), bottom[1].data.reshape(-1), out=self.diff)
+        diff = self.diff
+        np.subtract(bottom[0].data.reshape(-1), bottom[1].data.reshape(-1), out=diff)
         # np.dot of two float32 vectors is BLAS sdot, as Caffe's caffe_cpu_dot.
-        top[0].data[...] = np.dot(self.diff, self.diff) / np.float32(self.num) / np.float32(2)
+        top[0].data[...] = np.dot(diff, diff) * self.inv_num * np.float32(0.5)
 
     def backward(self, top: Sequence[Any], propagate_down: Sequence[bool],
                  bottom: Sequence[Any]) -> None:
-        scale = np.float32(top[0].diff) / np.float32(self.num)
-        for i, sign in ((0, 1), (1, -1)):
-            if propagate_down[i]:
-                np.multiply(self.diff, sign * scale, out=bottom[i].diff.reshape(-1))
+        # One pass per bottom: the diff kept from forward times ±top_diff / N.
+        scale = top[0].diff * self.inv_num
+        if propagate_down[0]:
+            np.multiply(self.diff, scale, out=bottom[0].diff.reshape(-1))
+        if propagate_down[1]:
+            np.multiply(self.diff, -scale, out=bottom[1].diff.reshape(-1))
