@@ -70,12 +70,15 @@ def check_patch_list(recipe_dir: Path, meta: dict, tarball: Path | None) -> int:
     return len(listed)
 
 
-def check_variant(variant: dict[str, str], meta: dict, verified_sha256: str | None) -> dict[str, str]:
+def check_variant(variant: dict[str, str], meta: dict, verified_sha256: str | None,
+                  recipe_dir: Path) -> dict[str, str]:
     tag = ", ".join(f"{k}={v}" for k, v in variant.items())
     source = meta["source"][0]
     if verified_sha256 is not None:
         check(source["sha256"] == verified_sha256,
               f"[{tag}] sha256 {source['sha256']} is not the verified {verified_sha256}")
+    for extra in meta["source"][1:]:
+        check((recipe_dir / extra["path"]).is_dir(), f"[{tag}] source path {extra['path']} is missing")
     check(all(u.endswith("/caffe_1.0.0+git20180821.99bd997.orig.tar.gz") for u in source["url"]),
           f"[{tag}] a source URL names another file: {source['url']}")
     gpu = variant["cuda_compiler_version"] != "None"
@@ -114,7 +117,7 @@ def check_recipe(recipe_dir: Path, verified_sha256: str | None, tarball: Path | 
     patches = 0
     for variant in all_variants:
         meta = recipe.render(variant, recipe_dir)  # raises on invalid Jinja or YAML
-        for output, string in check_variant(variant, meta, verified_sha256).items():
+        for output, string in check_variant(variant, meta, verified_sha256, recipe_dir).items():
             key = (output, string)
             check(key not in seen, f"build string {string} of {output} repeats: {variant} and {seen.get(key)}")
             seen[key] = variant

