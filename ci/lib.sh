@@ -17,6 +17,11 @@ apt_build_deps=(
 )
 # Python packages of the package env: what pycaffe and its tests import.
 pip_env_deps=("numpy>=2" six "protobuf>=3.21" scikit-image scipy pydot h5py pytest)
+# CUDA libraries for the CUDA flavour (nvcc 13.0 and cudart come from
+# /usr/local/cuda): cuBLAS and cuRAND of CUDA 13.0, cuDNN 9 for CUDA 13.
+cuda_wheels=(nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-cudnn-cu13==9.13.1.26)
+cuda_toolkit=/usr/local/cuda
+cuda_version=13.0
 
 # --- Progress: every step prints its name and, when done, its duration.
 step_started=0
@@ -36,7 +41,9 @@ die() {
   exit 1
 }
 
-# Variant of the build: CPU unless --cuda. Sets env_dir, flavour.
+# Variant of the build: CPU unless --cuda. Sets flavour, env_dir, src_dir.
+# CAFFE_BUILD_TAG names a separate env and source tree for a differently
+# configured build of a flavour (ci/gpu-bundle uses it).
 select_flavour() {
   local cuda=$1
   if [[ "${cuda}" == 1 ]]; then
@@ -47,6 +54,37 @@ select_flavour() {
     env_dir="${build_root}/env"
   fi
   src_dir="${build_root}/src-${flavour}"
+  if [[ -n "${CAFFE_BUILD_TAG:-}" ]]; then
+    env_dir="${build_root}/env-${CAFFE_BUILD_TAG}"
+    src_dir="${build_root}/src-${CAFFE_BUILD_TAG}"
+  fi
+}
+
+# One CUDA toolkit root for Caffe's FindCUDA-era CMake: nvcc and cudart from
+# the toolkit, cuBLAS/cuRAND/cuDNN headers and libraries from the wheels in
+# the env, plus the unversioned .so names the linker needs (wheels ship only
+# libcublas.so.13 and the like).
+make_cuda_root() {
+  local site_packages=$1 root=$2
+  rm -rf "${root}"
+  mkdir -p "${root}/include" "${root}/lib64"
+  ln -s "${cuda_toolkit}/bin" "${cuda_toolkit}/nvvm" "${cuda_toolkit}/targets" "${root}/"
+  local dir entry
+  for dir in "${cuda_toolkit}/include" "${site_packages}"/nvidia/{cu13,cudnn}/include; do
+    for entry in "${dir}"/*; do
+      [[ -e "${root}/include/${entry##*/}" ]] || ln -s "${entry}" "${root}/include/"
+    done
+  done
+  for dir in "${cuda_toolkit}/lib64" "${site_packages}"/nvidia/{cu13,cudnn}/lib; do
+    for entry in "${dir}"/*; do
+      [[ -e "${root}/lib64/${entry##*/}" ]] || ln -s "${entry}" "${root}/lib64/"
+    done
+  done
+  for entry in "${root}"/lib64/lib*.so.*; do
+    [[ -e "${entry%%.so.*}.so" ]] || ln -s "${entry##*/}" "${entry%%.so.*}.so"
+  done
+  [[ -e "${root}/include/cublas_v2.h" && -e "${root}/include/cudnn.h" && -e "${root}/lib64/libcudnn.so" ]] \
+    || die "incomplete CUDA root ${root}: cuBLAS or cuDNN missing from ${site_packages}/nvidia"
 }
 
 # Install missing Debian packages; a no-op when all are present.

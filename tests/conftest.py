@@ -55,5 +55,7 @@ def gpu_count() -> int:
     return 1 if probe.returncode == 0 else 0
 
 
-requires_gpu = pytest.mark.skipif("gpu_count() == 0",
-                                  reason="needs a CUDA build of Caffe and a visible GPU")
+def requires_gpu() -> pytest.MarkDecorator:
+    """A mark that skips, saying why, unless Caffe is a CUDA build and sees a GPU."""
+    return pytest.mark.skipif(gpu_count() == 0,
+                              reason="needs a CUDA build of Caffe and a visible GPU")

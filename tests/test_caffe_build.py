@@ -1,5 +1,6 @@
 """The compiled Caffe: pycaffe, the Python layer, the caffe tool and its errors."""
 import json
+import subprocess
 import sys
 
 import numpy as np
@@ -86,3 +87,24 @@ def test_caffe_tool_exits_1_with_the_traceback_of_forward(write_file):
     assert "ValueError: RaisingLayer: deliberate failure in forward" in result.stderr
     assert "SIGABRT" not in result.stderr
 
+
+
+def test_caffe_io_loads_images_with_current_scikit_image(tmp_path):
+    skimage_io = pytest.importorskip("skimage.io", reason="caffe.io.load_image needs scikit-image")
+    image = np.zeros((5, 7, 3), dtype=np.uint8)
+    image[..., 0] = 255
+    skimage_io.imsave(tmp_path / "red.png", image, check_contrast=False)
+    color = caffe.io.load_image(str(tmp_path / "red.png"))
+    gray = caffe.io.load_image(str(tmp_path / "red.png"), color=False)
+    assert color.shape == (5, 7, 3) and color.dtype == np.float32
+    np.testing.assert_allclose(color[0, 0], [1.0, 0.0, 0.0])
+    assert gray.shape == (5, 7, 1)
+    assert 0.2 < float(gray[0, 0, 0]) < 0.3  # luminance of pure red
+
+
+def test_import_caffe_does_not_load_scipy_or_scikit_image():
+    code = "import sys, caffe; print(sorted(m for m in ('scipy', 'skimage') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
