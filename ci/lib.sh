@@ -2,7 +2,9 @@
 # shellcheck shell=bash disable=SC2034  # the variables are for the scripts that source this
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-build_root="${repo_root}/build"
+# CAFFE_BUILD_ROOT: where envs and source trees go (the sid chroot's builds
+# use their own, so they never mix with the host's).
+build_root="${CAFFE_BUILD_ROOT:-${repo_root}/build}"
 cache_dir="${CAFFE_PYLAYER_CACHE:-${HOME}/.cache/caffe-pylayer}"
 tools_env="${build_root}/tools"     # jinja2, pyyaml, linters: never in the package env
 
@@ -10,11 +12,18 @@ tools_env="${build_root}/tools"     # jinja2, pyyaml, linters: never in the pack
 apt_build_deps=(
   build-essential cmake ninja-build ccache pkg-config patch curl ca-certificates
   python3 python3-dev python3-venv
-  libboost-system-dev libboost-thread-dev libboost-filesystem-dev libboost-python-dev
+  libboost-thread-dev libboost-filesystem-dev libboost-python-dev
   libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev
   libhdf5-dev libleveldb-dev liblmdb-dev libsnappy-dev libopenblas-dev libopencv-dev
   graphviz
 )
+# Boost >= 1.89 (Debian sid) has no boost_system library or package any more.
+[[ "${CAFFE_DISTRO:-}" == sid ]] || apt_build_deps+=(libboost-system-dev)
+
+# From Debian experimental when building in the sid chroot (ci/build --distro
+# sid): the newest protobuf, glog, gflags and OpenCV, as conda-forge's next pins.
+apt_experimental_deps=(libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev libopencv-dev)
+
 # Python packages of the package env: what pycaffe and its tests import.
 pip_env_deps=("numpy>=2" six "protobuf>=3.21" scikit-image scipy pydot h5py pytest)
 # CUDA libraries for the CUDA flavour (nvcc 13.0 and cudart come from
@@ -107,6 +116,53 @@ apt_install() {
     "${missing[@]}" >/dev/null
 }
 
+# Install what apt_install would, from Debian experimental (sid chroot only).
+apt_install_experimental() {
+  grep -qs experimental /etc/apt/sources.list.d/*.list /etc/apt/sources.list \
+    || die "Debian experimental is not in apt's sources"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    -t experimental "$@" >/dev/null
+}
+
+# A Debian sid chroot at build/sid-root with experimental enabled, from the
+# mirror apt uses here; made once, reused after.
+sid_root="${repo_root}/build/sid-root"
+ensure_sid_chroot() {
+  local mirror
+  mirror=$(apt_mirror)
+  [[ -n "${mirror}" ]] || die "cannot read a Debian mirror from apt's sources"
+  if [[ ! -x "${sid_root}/usr/bin/apt-get" ]]; then
+    apt_install debootstrap
+    echo "    debootstrap sid from ${mirror}"
+    debootstrap --variant=minbase sid "${sid_root}" "${mirror}" >/dev/null
+  fi
+  printf 'deb %s sid main\ndeb %s experimental main\n' "${mirror}" "${mirror}" \
+    > "${sid_root}/etc/apt/sources.list"
+  # A mirror frozen at a date serves sid's Release file past its Valid-Until.
+  echo 'Acquire::Check-Valid-Until "false";' > "${sid_root}/etc/apt/apt.conf.d/99caffe-pylayer"
+  mkdir -p "${sid_root}${repo_root}"
+  mountpoint -q "${sid_root}/proc" || mount -t proc proc "${sid_root}/proc"
+  mountpoint -q "${sid_root}${repo_root}" || mount --bind "${repo_root}" "${sid_root}${repo_root}"
+  cp /etc/resolv.conf "${sid_root}/etc/resolv.conf" 2>/dev/null || true
+  # Certificate authorities this machine trusts locally (a proxy's, say)
+  # must be trusted inside the chroot too, for pip.
+  if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    cp /usr/local/share/ca-certificates/*.crt "${sid_root}/usr/local/share/ca-certificates/"
+    chroot "${sid_root}" update-ca-certificates >/dev/null 2>&1 || true
+  fi
+}
+
+# Run one of ci/'s scripts inside the sid chroot, with its own build root.
+run_in_sid() {
+  ensure_sid_chroot
+  chroot "${sid_root}" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+    PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    CAFFE_DISTRO=sid CAFFE_BUILD_ROOT="${repo_root}/build/sid" \
+    CAFFE_PYLAYER_CACHE="${repo_root}/build/sid/cache" \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    bash "${repo_root}/ci/$1" "${@:2}"
+}
+
 # A venv of Debian's own python3 (Debian's Boost.Python is built for it).
 make_venv() {
   local dir=$1
@@ -126,13 +182,33 @@ recipe_source() {
   "${tools_env}/bin/python" "${repo_root}/ci/recipe.py" source
 }
 
+# The versions a build stands on, one line each (Debian package versions for
+# the libraries, the tools' own for the rest).
+print_versions() {
+  local python=$1 pkg
+  printf '    %-10s %s\n' compiler "$(c++ --version | head -n 1)" \
+    Python "$("${python}" -c 'import sys; print(sys.version.split()[0])')" \
+    NumPy "$("${python}" -c 'import numpy; print(numpy.__version__)')" \
+    CMake "$(cmake --version | head -n 1 | awk '{print $3}')" \
+    protoc "$(protoc --version | awk '{print $2}')" \
+    Boost "$(sed -n 's/^#define BOOST_LIB_VERSION "\(.*\)"/\1/p' /usr/include/boost/version.hpp)"
+  for pkg in libprotobuf-dev libabsl-dev libgoogle-glog-dev libgflags-dev \
+             libopencv-dev libhdf5-dev libopenblas-dev; do
+    printf '    %-18s %s\n' "${pkg}" \
+      "$(dpkg-query -W -f='${Version}' "${pkg}" 2>/dev/null || echo 'not installed')"
+  done
+}
+
 # The Debian mirror apt already uses (deb822 .sources or one-line sources.list).
 apt_mirror() {
-  {
-    cat /etc/apt/sources.list.d/*.sources 2>/dev/null | awk '/^URIs:/ {print $2}'
-    cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list 2>/dev/null \
-      | awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; break}}'
-  } | grep -v security | head -n 1 | sed 's:/*$::'
+  local files=() file
+  for file in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+    [[ -f "${file}" ]] && files+=("${file}")
+  done
+  (( ${#files[@]} )) || return 0
+  awk '/^URIs:/ {print $2}
+       $1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) {print $i; break}}' "${files[@]}" \
+    | { grep -v security || true; } | head -n 1 | sed 's:/*$::'
 }
 
 # Download the tarball named in the recipe into the cache (apt's mirror first,

@@ -26,6 +26,7 @@ cmake_args=(
   -DCMAKE_INSTALL_LIBDIR=lib        # not lib/<triplet>: conda and venvs use lib/
   -DBUILD_SHARED_LIBS=ON
   -DBUILD_docs=OFF
+  -DCMAKE_POLICY_VERSION_MINIMUM=3.5  # CMake 4 refuses Caffe's 2.8.7 minimum; older CMake ignores this
   -DBLAS=Open                       # OpenBLAS; conda-forge's libblas can switch it
   -DUSE_OPENCV=ON
   -DUSE_LEVELDB=ON
