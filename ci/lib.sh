@@ -21,8 +21,12 @@ apt_build_deps=(
 [[ "${CAFFE_DISTRO:-}" == sid ]] || apt_build_deps+=(libboost-system-dev)
 
 # From Debian experimental when building in the sid chroot (ci/build --distro
-# sid): the newest protobuf, glog, gflags and OpenCV, as conda-forge's next pins.
-apt_experimental_deps=(libprotobuf-dev protobuf-compiler libgoogle-glog-dev libgflags-dev libopencv-dev)
+# sid): the newest protobuf, glog and OpenCV, as conda-forge's next pins. Their
+# libraries were built against sid's abseil and gflags, not experimental's
+# newer ones (whose headers give undefined absl::...::int128 symbols and a
+# second gflags), so those two stay at sid's versions.
+apt_experimental_deps=(libprotobuf-dev protobuf-compiler libgoogle-glog-dev libopencv-dev
+                       libabsl-dev/sid libgflags-dev/sid)
 
 # Python packages of the package env: what pycaffe and its tests import.
 pip_env_deps=("numpy>=2" six "protobuf>=3.21" scikit-image scipy pydot h5py pytest)
@@ -121,7 +125,7 @@ apt_install_experimental() {
   grep -qs experimental /etc/apt/sources.list.d/*.list /etc/apt/sources.list \
     || die "Debian experimental is not in apt's sources"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-    -t experimental "$@" >/dev/null
+    --allow-downgrades -t experimental "$@" >/dev/null
 }
 
 # A Debian sid chroot at build/sid-root with experimental enabled, from the
@@ -259,35 +263,47 @@ verify_sha256() {
 }
 
 # Unpack the tarball and apply the recipe's patches strictly (no fuzz), like
-# conda-build. An unchanged tree (same tarball and patches) is kept, with its
-# build folder, so a re-run rebuilds nothing; a changed one is unpacked again
-# at the same path, which keeps ccache hitting.
+# conda-build. The tree's stamp lists the tarball's and each applied patch's
+# sha256: an unchanged tree is kept with its build folder; when the recipe only
+# appends patches, just those are applied (ninja then rebuilds what they
+# touch); anything else unpacks again at the same path, so ccache keeps hitting.
 prepare_source() {
   local tarball=$1 dir=$2
   local patches=() kind value
   while read -r kind value; do
     [[ "${kind}" != patch ]] || patches+=("${repo_root}/${value}")
   done < <(recipe_source)
-  local stamp
-  stamp=$(cat "${tarball}" "${patches[@]}" | sha256sum | cut -d' ' -f1)
-  if [[ -f "${dir}/.caffe-pylayer-stamp" && "$(cat "${dir}/.caffe-pylayer-stamp")" == "${stamp}" ]]; then
-    echo "    unchanged source tree, reused"
-    return
-  fi
-  rm -rf "${dir}"
-  mkdir -p "${dir}"
-  tar -xzf "${tarball}" -C "${dir}"
-  local patch
+  local patch wanted=() stamp="${dir}/.caffe-pylayer-stamp"
   for patch in "${patches[@]}"; do
     [[ -f "${patch}" ]] || die "patch listed in recipe/meta.yaml is missing: ${patch#"${repo_root}/"}"
+  done
+  mapfile -t wanted < <(sha256sum "${tarball}" "${patches[@]}" | cut -d' ' -f1)
+  local applied=()
+  [[ -f "${stamp}" ]] && mapfile -t applied < "${stamp}"
+  local start=${#applied[@]}
+  if (( start == 0 )) || [[ "${wanted[*]:0:start}" != "${applied[*]}" ]]; then
+    rm -rf "${dir}"
+    mkdir -p "${dir}"
+    tar -xzf "${tarball}" -C "${dir}"
+    # conda-build unpacks pylayers/ as a second source next to Caffe's.
+    ln -s "${repo_root}/pylayers" "${dir}/pylayers"
+    echo "${wanted[0]}" > "${stamp}"
+    start=1
+  elif (( start == ${#wanted[@]} )); then
+    echo "    unchanged source tree, reused"
+    return
+  else
+    echo "    source tree has the first $(( start - 1 )) patches; applying the rest"
+  fi
+  local i
+  for (( i = start; i < ${#wanted[@]}; i++ )); do
+    patch=${patches[i - 1]}
     if ! patch -d "${dir}" -p1 --fuzz=0 --forward --batch --quiet --dry-run -i "${patch}" >/dev/null; then
       patch -d "${dir}" -p1 --fuzz=0 --forward --batch --dry-run -i "${patch}" >&2 || true
       die "patch does not apply cleanly (no fuzz allowed): ${patch#"${repo_root}/"}"
     fi
     patch -d "${dir}" -p1 --fuzz=0 --forward --batch --quiet -i "${patch}"
+    echo "${wanted[i]}" >> "${stamp}"
     echo "    applied ${patch##*/}"
   done
-  # conda-build unpacks pylayers/ as a second source next to Caffe's.
-  ln -s "${repo_root}/pylayers" "${dir}/pylayers"
-  echo "${stamp}" > "${dir}/.caffe-pylayer-stamp"
 }
