@@ -151,12 +151,15 @@ ensure_sid_chroot() {
   # Certificate authorities this machine trusts locally (a proxy's, say)
   # must be trusted inside the chroot too, for pip.
   if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
+    mkdir -p "${sid_root}/usr/local/share/ca-certificates"
     cp /usr/local/share/ca-certificates/*.crt "${sid_root}/usr/local/share/ca-certificates/"
     chroot "${sid_root}" update-ca-certificates >/dev/null 2>&1 || true
   fi
 }
 
-# Run one of ci/'s scripts inside the sid chroot, with its own build root.
+# Run one of ci/'s scripts inside the sid chroot, with its own build root,
+# from the repository root (the inner bash expands the quoted $0, $1, $@).
+# shellcheck disable=SC2016
 run_in_sid() {
   ensure_sid_chroot
   chroot "${sid_root}" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
@@ -164,7 +167,7 @@ run_in_sid() {
     CAFFE_DISTRO=sid CAFFE_BUILD_ROOT="${repo_root}/build/sid" \
     CAFFE_PYLAYER_CACHE="${repo_root}/build/sid/cache" \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-    bash "${repo_root}/ci/$1" "${@:2}"
+    bash -c 'cd "$0" && exec "ci/$1" "${@:2}"' "${repo_root}" "$@"
 }
 
 # A venv of Debian's own python3 (Debian's Boost.Python is built for it).
