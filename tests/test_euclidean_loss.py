@@ -72,14 +72,15 @@ def test_top_is_a_scalar_like_builtin_losses(write_file):
     assert isinstance(float(net.forward()["loss"]), float)
 
 
-def test_classic_prototxt_text_runs_with_the_installed_module(write_file):
+@pytest.mark.parametrize("module", ["pyloss", "caffe_pylayer"])
+def test_prototxt_text_runs_with_the_installed_module(write_file, module):
     path = write_file("classic.prototxt", """
         name: "classic"
         layer { name: "data" type: "Input" top: "pred" top: "label"
                 input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 3 } } }
         layer { type: 'Python' name: 'loss' bottom: 'pred' bottom: 'label' top: 'loss'
-                python_param { module: 'pyloss' layer: 'EuclideanLossLayer' } loss_weight: 1 }
-    """)
+                python_param { module: '%s' layer: 'EuclideanLossLayer' } loss_weight: 1 }
+    """ % module)
     net = caffe.Net(str(path), caffe.TRAIN)
     net.blobs["pred"].data[...] = 1.0
     net.blobs["label"].data[...] = 0.0
