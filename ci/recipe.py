@@ -88,10 +88,6 @@ def _compiler():
     return compiler
 
 
-class _Environ(dict):
-    """conda-build's `environ`: os.environ, with .get for defaults."""
-
-
 def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
     """Render meta.yaml for one variant and parse it."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -105,14 +101,12 @@ def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
         return f"{name} >={version}"
 
     context: dict[str, object] = dict(variant)
-    if context.get("cuda_compiler_version") == "None":
-        context["cuda_compiler_version"] = "None"
     context.update(
         compiler=_compiler(),
         stdlib=lambda language: "sysroot_linux-64 2.17",
         pin_subpackage=pin_subpackage,
         pin_compatible=lambda name, **kw: name,
-        environ=_Environ({**os.environ, **variant}),
+        environ=dict(os.environ),  # conda-build's `environ`
         CONDA_PY=variant.get("python", "3.11").replace(".", ""),
         PY_VER=variant.get("python", "3.11"),
         PKG_HASH="1234567",
