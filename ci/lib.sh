@@ -170,6 +170,17 @@ run_in_sid() {
     bash -c 'cd "$0" && exec "ci/$1" "${@:2}"' "${repo_root}" "$@"
 }
 
+# --distro sid, given outside the chroot: run this ci/ script inside it instead.
+run_in_distro_if_asked() {
+  local distro=$1 script=$2
+  shift 2
+  [[ -n "${distro}" && -z "${CAFFE_DISTRO:-}" ]] || return 0
+  [[ "${distro}" == sid ]] || die "unknown distro ${distro}: only sid is supported"
+  step "into the Debian sid chroot (build/sid-root; builds under build/sid)"
+  run_in_sid "${script}" "$@"
+  exit
+}
+
 # A venv of Debian's own python3 (Debian's Boost.Python is built for it).
 make_venv() {
   local dir=$1
