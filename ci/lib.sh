@@ -162,12 +162,17 @@ ensure_sid_chroot() {
 # shellcheck disable=SC2016
 run_in_sid() {
   ensure_sid_chroot
+  local status=0
   chroot "${sid_root}" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     CAFFE_DISTRO=sid CAFFE_BUILD_ROOT="${repo_root}/build/sid" \
     CAFFE_PYLAYER_CACHE="${repo_root}/build/sid/cache" \
     PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
-    bash -c 'cd "$0" && exec "ci/$1" "${@:2}"' "${repo_root}" "$@"
+    bash -c 'cd "$0" && exec "ci/$1" "${@:2}"' "${repo_root}" "$@" || status=$?
+  # Unmount again, so that removing build/ can never reach the repository
+  # through the chroot's bind mount.
+  umount "${sid_root}${repo_root}" "${sid_root}/proc" 2>/dev/null || true
+  return "${status}"
 }
 
 # --distro sid, given outside the chroot: run this ci/ script inside it instead.
