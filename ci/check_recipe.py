@@ -1,14 +1,13 @@
 #!/usr/bin/env python3
-"""Check the conda recipe's invariants without conda (run by ci/test).
+"""Check the recipe's source section without conda (run by ci/test).
 
-Renders recipe/meta.yaml for every variant of conda_build_config.yaml with
-conda-build's Jinja helpers and line selectors (ci/recipe.py), then checks:
-the source is the tarball the native build verified; the patch list is
-patches/ in order, each line commented with its upstream status, and every
-patch applies with no fuzz in that order; each output has a test section; GPU
-variants need __cuda and the CUDA libraries, CPU variants mention no CUDA;
-build strings differ between variants; caffe-pylayer pins caffe exactly.
-The same checks run on the self-contained folder of ci/export-recipe.
+Reads recipe/meta.yaml's source section (ci/recipe.py) and checks: the source
+is the tarball the native build verified, every URL names the same file; the
+patch list is patches/ in order, each line commented with its upstream status,
+and every patch applies with no fuzz in that order; the extra sources exist;
+caffe-pylayer's license file is the project's. The same checks run on the
+self-contained folder of ci/export-recipe. The variants and outputs are
+checked with conda-build's own renderer (ci/conda_pinning.py).
 
     check_recipe.py [--recipe DIR] [--verified FILE] [--tarball FILE]
 """
@@ -25,7 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-CUDA_HOST_DEPS = {"cuda-cudart-dev", "libcublas-dev", "libcurand-dev", "cudnn"}
 UPSTREAM_STATUS = re.compile(r"#\s*(backport \S+|conda-specific|not yet upstream)")
 
 
@@ -36,10 +34,6 @@ class CheckFailed(Exception):
 def check(condition: bool, message: str) -> None:
     if not condition:
         raise CheckFailed(message)
-
-
-def names(deps: list[str]) -> set[str]:
-    return {str(d).split()[0] for d in deps or []}
 
 
 def check_patch_list(recipe_dir: Path, meta: dict, tarball: Path | None) -> int:
@@ -70,60 +64,21 @@ def check_patch_list(recipe_dir: Path, meta: dict, tarball: Path | None) -> int:
     return len(listed)
 
 
-def check_variant(variant: dict[str, str], meta: dict, verified_sha256: str | None,
-                  recipe_dir: Path) -> dict[str, str]:
-    tag = ", ".join(f"{k}={v}" for k, v in variant.items())
+def check_recipe(recipe_dir: Path, verified_sha256: str | None, tarball: Path | None) -> str:
+    meta = recipe.render(recipe.DEFAULT_VARIANT, recipe_dir)  # raises on invalid Jinja or YAML
     source = meta["source"][0]
     if verified_sha256 is not None:
         check(source["sha256"] == verified_sha256,
-              f"[{tag}] sha256 {source['sha256']} is not the verified {verified_sha256}")
+              f"sha256 {source['sha256']} is not the verified {verified_sha256}")
+    names = {url.rsplit("/", 1)[-1] for url in source["url"]}
+    check(len(names) == 1, f"the source URLs name different files: {sorted(names)}")
     for extra in meta["source"][1:]:
-        check((recipe_dir / extra["path"]).is_dir(), f"[{tag}] source path {extra['path']} is missing")
-    check(all(u.endswith("/caffe_1.0.0+git20180821.99bd997.orig.tar.gz") for u in source["url"]),
-          f"[{tag}] a source URL names another file: {source['url']}")
-    gpu = variant["cuda_compiler_version"] != "None"
-    selectors = {o["name"] for o in meta["outputs"]} & {"caffe-cpu", "caffe-gpu"}
-    check(selectors == {"caffe-gpu" if gpu else "caffe-cpu"},
-          f"[{tag}] flavour selector outputs are {sorted(selectors)}")
-    strings = {}
-    for output in meta["outputs"]:
-        name = output["name"]
-        test = output.get("test") or {}
-        check(bool(test.get("commands") or test.get("imports")), f"[{tag}] {name} has no tests")
-        reqs = output.get("requirements") or {}
-        build, host, run = (names(reqs.get(k)) for k in ("build", "host", "run"))
-        every = build | host | run | names(reqs.get("run_constrained"))
-        if name == "caffe":
-            if gpu:
-                check("__cuda" in run, f"[{tag}] caffe does not require __cuda")
-                check(CUDA_HOST_DEPS <= host, f"[{tag}] caffe lacks {CUDA_HOST_DEPS - host}")
-                check("cuda-nvcc_linux-64" in build, f"[{tag}] caffe lacks compiler('cuda')")
-                check(output["build"]["string"].startswith("cuda"), f"[{tag}] GPU build string")
-            else:
-                cuda_deps = {d for d in every if "cuda" in d or d in CUDA_HOST_DEPS}
-                check(not cuda_deps, f"[{tag}] CPU caffe mentions CUDA: {cuda_deps}")
-                check(output["build"]["string"].startswith("cpu_"), f"[{tag}] CPU build string")
-        if name == "caffe-pylayer":
-            pins = [d for d in reqs.get("run", []) if str(d).startswith("caffe ")]
-            check(len(pins) == 1 and len(pins[0].split()) == 3,
-                  f"[{tag}] caffe-pylayer does not pin caffe exactly: {pins}")
-        strings[name] = output["build"]["string"]
-    return strings
-
-
-def check_recipe(recipe_dir: Path, verified_sha256: str | None, tarball: Path | None) -> str:
-    all_variants = recipe.variants(recipe_dir)
-    seen: dict[tuple[str, str], dict[str, str]] = {}
-    patches = 0
-    for variant in all_variants:
-        meta = recipe.render(variant, recipe_dir)  # raises on invalid Jinja or YAML
-        for output, string in check_variant(variant, meta, verified_sha256, recipe_dir).items():
-            key = (output, string)
-            check(key not in seen, f"build string {string} of {output} repeats: {variant} and {seen.get(key)}")
-            seen[key] = variant
-        if not patches:
-            patches = check_patch_list(recipe_dir, meta, tarball)
-    return f"{len(all_variants)} variants, {len(seen)} distinct output builds, {patches} patches"
+        check((recipe_dir / extra["path"]).is_dir(), f"source path {extra['path']} is missing")
+    pylayer_license = recipe_dir / meta["source"][1]["path"] / "LICENSE"
+    check(pylayer_license.read_text() == (REPO / "LICENSE").read_text(),
+          f"{pylayer_license} is not the project's LICENSE")
+    patches = check_patch_list(recipe_dir, meta, tarball)
+    return f"source {names.pop()}, {patches} patches"
 
 
 def main() -> int:

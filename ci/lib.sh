@@ -326,3 +326,70 @@ prepare_source() {
     echo "    applied ${patch##*/}"
   done
 }
+
+# --- conda: conda-build from PATH, or a venv made by CONDA_TOOLS_INSTALL.
+# Sets conda_python (runs `python -m conda` and conda-build's modules) and
+# conda_build.
+ensure_conda_tools() {
+  local tools="${build_root}/conda-tools"
+  if [[ -n "${CONDA_TOOLS_INSTALL:-}" ]]; then
+    if [[ ! -x "${tools}/bin/conda-build" ]]; then
+      [[ -x "${CONDA_TOOLS_INSTALL}" ]] || die "CONDA_TOOLS_INSTALL is not a script: ${CONDA_TOOLS_INSTALL}"
+      "${CONDA_TOOLS_INSTALL}" "${tools}" >/dev/null 2>&1 \
+        || die "could not make conda tools with ${CONDA_TOOLS_INSTALL}"
+    fi
+    conda_python="${tools}/bin/python"
+    conda_build="${tools}/bin/conda-build"
+  elif command -v conda-build >/dev/null; then
+    conda_build=$(command -v conda-build)
+    conda_python=$(dirname "${conda_build}")/python
+  else
+    die "conda-build not found: install it (conda install conda-build) or set CONDA_TOOLS_INSTALL"
+  fi
+}
+
+# The local channel standing in for conda-forge (ci/standin_channel.py), indexed.
+make_standin_channel() {
+  local channel=$1
+  step "stand-in channel for conda-forge (build/conda/standins)"
+  [[ -n "${CONDA_FORGE_ACTIVATION:-}" ]] \
+    || die "CONDA_FORGE_ACTIVATION is not set: the folder with conda-forge's activate-gcc.sh"
+  apt_install "${apt_build_deps[@]}" binutils
+  ensure_tools_env
+  "${conda_python}" "${repo_root}/ci/standin_channel.py" "${channel}" \
+    --activation "${CONDA_FORGE_ACTIVATION}" --wheels "${cache_dir}/wheels" \
+    --python "${tools_env}/bin/python" || die "could not make the stand-in channel"
+  "${conda_python}" -m conda_index "${channel}" >/dev/null 2>&1 \
+    || die "could not index the stand-in channel ${channel}"
+}
+
+# What ci/build --conda installs and ci/test --conda tests.
+conda_dir="${build_root}/conda"
+conda_env="${conda_dir}/env"
+
+# Run the real conda client on the built packages and the stand-in channel;
+# on failure, the solver's own message in one line.
+run_conda() {
+  local what=$1 log="${build_root}/logs/conda-${1// /-}.log"
+  shift
+  mkdir -p "${build_root}/logs"
+  if ! CONDA_PKGS_DIRS="${conda_dir}/pkgs" "${conda_python}" -m conda "$@" --offline \
+      --override-channels -c "file://${conda_dir}/packages" -c "file://${conda_dir}/standins" \
+      > "${log}" 2>&1; then
+    local reason
+    reason=$(grep -m1 -E 'Error|error|conflict|nothing provides|cannot be installed' "${log}" || tail -n 1 "${log}")
+    echo "conda could not ${what}: ${reason} (log: ${log#"${repo_root}/"})" >&2
+    return 1
+  fi
+}
+
+install_conda_env() {
+  step "conda create -p build/conda/env caffe-pylayer (the real conda client)"
+  ensure_conda_tools
+  rm -rf "${conda_env}"
+  run_conda "install caffe-pylayer" create -y -p "${conda_env}" caffe-pylayer || exit 1
+  # The post-build tests' own needs, as the recipe's test sections add them.
+  run_conda "install the test tools" install -y -p "${conda_env}" pytest h5py pip || exit 1
+  "${conda_env}/bin/python" -c 'import caffe, caffe_pylayer; print("    caffe", caffe.__version__ if hasattr(caffe, "__version__") else "", "from", caffe.__file__)'
+  step_finish
+}

@@ -1,23 +1,18 @@
 #!/usr/bin/env python3
-"""Render recipe/meta.yaml the way conda-build does, without conda.
+"""Read recipe/meta.yaml's source section without conda, for the native build.
 
 conda-build renders meta.yaml in two passes: Jinja2 with its own helpers
 (compiler(), stdlib(), pin_subpackage(), environ, the variant's keys), then
 line selectors (`# [expr]`) evaluated against the variant. This script does
-both for every variant of conda_build_config.yaml (zip_keys honoured), so the
-native build can read the source section from the one recipe and ci/test can
-check the recipe's invariants.
+both for one CPU variant, so that ci/build and ci/check_recipe.py take the
+tarball, its sha256 and the patch list from the one recipe. Every variant is
+rendered by conda-build's own renderer (ci/conda_pinning.py, ci/test --conda).
 
     recipe.py source             URLs, sha256 and patches, one per line
-    recipe.py variants           one JSON line per variant: its keys and build strings
     recipe.py render [KEY=VALUE] the rendered meta.yaml of one variant
-    recipe.py variant-config KEY=VALUE...
-                                 a conda_build_config.yaml holding only the one
-                                 variant that matches, for conda-build -m
 """
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import re
@@ -31,27 +26,8 @@ RECIPE_DIR = Path(__file__).resolve().parent.parent / "recipe"
 SELECTOR = re.compile(r"^(?P<line>.*?)\s*#\s*\[(?P<expr>.+)\]\s*(#.*)?$")
 
 
-def variants(recipe_dir: Path = RECIPE_DIR) -> list[dict[str, str]]:
-    """Every combination of conda_build_config.yaml, zip_keys moving together."""
-    config = yaml.safe_load((recipe_dir / "conda_build_config.yaml").read_text())
-    zipped = config.pop("zip_keys", [])
-    groups: list[list[dict[str, str]]] = []
-    for keys in zipped:
-        lengths = {len(config[k]) for k in keys}
-        if len(lengths) != 1:
-            raise ValueError(f"zip_keys {keys} have lists of different lengths {lengths}")
-        groups.append([{k: str(config[k][i]) for k in keys} for i in range(lengths.pop())])
-        for k in keys:
-            del config[k]
-    for key, values in config.items():
-        groups.append([{key: str(v)} for v in values])
-    result = []
-    for combo in itertools.product(*groups):
-        merged: dict[str, str] = {}
-        for part in combo:
-            merged.update(part)
-        result.append(merged)
-    return result
+# The variant the source section is read from; it does not depend on it.
+DEFAULT_VARIANT = {"cuda_compiler_version": "None", "python": "3.11"}
 
 
 def _selector_namespace(variant: dict[str, str]) -> dict[str, object]:
@@ -141,24 +117,11 @@ def main(argv: list[str]) -> int:
         print(__doc__)
         return 0
     command, rest = argv[0], argv[1:]
-    all_variants = variants()
     if command == "source":
-        print("\n".join(source_lines(render(all_variants[0]))))
-    elif command == "variants":
-        for variant in all_variants:
-            meta = render(variant)
-            strings = {o["name"]: o["build"]["string"] for o in meta["outputs"]}
-            print(json.dumps({"variant": variant, "build_strings": strings}))
+        print("\n".join(source_lines(render(DEFAULT_VARIANT))))
     elif command == "render":
-        chosen = {**all_variants[0], **_parse_overrides(rest)}
+        chosen = {**DEFAULT_VARIANT, **_parse_overrides(rest)}
         print(yaml.safe_dump(render(chosen), sort_keys=False))
-    elif command == "variant-config":
-        wanted = _parse_overrides(rest)
-        matches = [v for v in all_variants if all(v.get(k) == x for k, x in wanted.items())]
-        if len(matches) != 1:
-            print(f"recipe.py: {len(matches)} variants match {wanted}", file=sys.stderr)
-            return 1
-        print(yaml.safe_dump({k: [v] for k, v in matches[0].items()}, sort_keys=False))
     else:
         print(f"recipe.py: unknown command {command!r}; see --help", file=sys.stderr)
         return 2

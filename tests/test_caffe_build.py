@@ -1,7 +1,9 @@
 """The compiled Caffe: pycaffe, the Python layer, the caffe tool and its errors."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -108,3 +110,17 @@ def test_import_caffe_does_not_load_scipy_or_scikit_image():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.skipif("CAFFE_EXPECT_CUDA" not in os.environ,
+                    reason="CAFFE_EXPECT_CUDA (the recipe's tests and ci/test set it) names the "
+                           "flavour this build must be")
+def test_libcaffe_links_cuda_exactly_when_the_flavour_is_cuda():
+    # Caffe's CMake falls back to a CPU-only build with a mere warning when it
+    # cannot find CUDA: only the linked libraries tell which flavour was built.
+    libcaffe = Path(sys.prefix) / "lib" / "libcaffe.so"
+    linked = subprocess.run(["ldd", str(libcaffe)], capture_output=True, text=True, timeout=60)
+    assert linked.returncode == 0, linked.stderr
+    cuda = os.environ["CAFFE_EXPECT_CUDA"] not in ("", "None")
+    for library in ("libcudart.so", "libcublas.so", "libcurand.so", "libcudnn.so"):
+        assert (library in linked.stdout) == cuda, f"{library} in ldd of {libcaffe}:\n{linked.stdout}"

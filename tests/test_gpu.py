@@ -3,12 +3,14 @@
 Every test here skips, with the reason, unless the caffe tool beside this
 interpreter is a CUDA build and sees a GPU (see conftest.gpu_count).
 """
+import re
+
 import numpy as np
 import pytest
 
 import caffe
 from caffe import layers as L
-from conftest import requires_gpu
+from conftest import LAYERS_DIR, requires_gpu, run_caffe_tool
 
 pytestmark = requires_gpu()
 
@@ -31,6 +33,10 @@ def mlp_with_python_loss(write_file, batch=16, dim=32):
     proto = n.to_proto()
     proto.force_backward = True
     return write_file("mlp.prototxt", str(proto))
+
+
+def needs_cupy():
+    return pytest.importorskip("cupy", reason="the GPU path of caffe_pylayer's layers uses CuPy")
 
 
 def run_net(path, mode, weights_from=None, seed=0):
@@ -109,3 +115,87 @@ def test_sgd_solver_trains_on_the_gpu(write_file, tmp_path, gpu_mode):
     solver.step(400)
     last = float(solver.net.forward()["loss"])
     assert first / last >= 10, (first, last)
+
+
+def test_gpu_path_keeps_the_bottoms_on_the_device(write_file, gpu_mode):
+    needs_cupy()
+    _, _, net = run_net(mlp_with_python_loss(write_file), "gpu")
+    net.forward()
+    net.backward()
+    # "synced" would mean Caffe copied the blob to the host for the layer.
+    assert (net.blobs["pred"]._data_head, net.blobs["pred"]._diff_head) == ("gpu", "gpu")
+    assert net.blobs["label"]._data_head == "gpu"
+
+
+def test_cpu_path_copies_the_bottoms_to_the_host(write_file, gpu_mode, monkeypatch):
+    # The same net with Caffe's classic Python loss, which has no GPU methods.
+    monkeypatch.syspath_prepend(str(LAYERS_DIR))
+    path = mlp_with_python_loss(write_file)
+    path.write_text(path.read_text().replace('"pyloss"', '"probe_layers"')
+                    .replace('"EuclideanLossLayer"', '"ClassicEuclideanLossLayer"'))
+    _, _, net = run_net(path, "gpu")
+    net.forward()
+    assert net.blobs["pred"]._data_head == "synced"
+
+
+def test_gpu_views_write_caffe_memory_in_place(write_file, gpu_mode):
+    cupy = needs_cupy()
+    _, _, net = run_net(mlp_with_python_loss(write_file), "gpu")
+    blob = net.blobs["pred"]
+    view = cupy.asarray(blob.gpu_data)
+    assert view.shape == tuple(blob.shape) and view.dtype == cupy.float32
+    view[...] = 3.5
+    np.testing.assert_array_equal(blob.data, np.full(blob.shape, 3.5, dtype=np.float32))
+
+
+def test_sgd_solver_trains_a_gpu_python_loss(write_file, tmp_path, gpu_mode):
+    needs_cupy()
+    net = mlp_with_python_loss(write_file, batch=64, dim=8)
+    solver = caffe.SGDSolver(str(write_file("solver.prototxt", f"""
+        net: "{net}"
+        base_lr: 0.02
+        momentum: 0.9
+        lr_policy: "fixed"
+        max_iter: 300
+        solver_mode: GPU
+        random_seed: 3
+        snapshot_prefix: "{tmp_path / 'snap'}"
+    """)))
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((64, 8)).astype(np.float32)
+    solver.net.blobs["x"].data[...] = x
+    solver.net.blobs["label"].data[...] = x[:, :4] * 0.5 - x[:, 4:] * 0.25
+    first = float(solver.net.forward()["loss"])
+    solver.step(300)
+    last = float(solver.net.forward()["loss"])
+    assert first / last >= 10, (first, last)
+    assert solver.net.blobs["pred"]._diff_head == "gpu"
+
+
+def test_caffe_train_tool_trains_a_gpu_python_loss(write_file, tmp_path):
+    needs_cupy()
+    net = write_file("net.prototxt", """
+        layer { name: "data" type: "DummyData" top: "x" top: "y"
+                dummy_data_param { shape { dim: 64 dim: 8 } shape { dim: 64 dim: 2 }
+                                   data_filler { type: "constant" value: 1 }
+                                   data_filler { type: "constant" value: 0.5 } } }
+        layer { name: "fc" type: "InnerProduct" bottom: "x" top: "pred"
+                inner_product_param { num_output: 2 weight_filler { type: "gaussian" std: 0.1 } } }
+        layer { type: "Python" name: "loss" bottom: "pred" bottom: "y" top: "loss"
+                python_param { module: "pyloss" layer: "EuclideanLossLayer" } loss_weight: 1 }
+    """)
+    solver = write_file("solver.prototxt", f"""
+        net: "{net}"
+        base_lr: 0.01
+        lr_policy: "fixed"
+        max_iter: 200
+        display: 20
+        solver_mode: GPU
+        snapshot_prefix: "{tmp_path / 'snap'}"
+    """)
+    result = run_caffe_tool("train", "-solver", str(solver), "-gpu", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "caffe_pylayer: CuPy is unavailable" not in result.stderr
+    losses = [float(v) for v in re.findall(r"Iteration \d+ .*loss = ([0-9.e+-]+)", result.stderr)]
+    assert len(losses) >= 5
+    assert losses[0] / losses[-1] >= 10, losses

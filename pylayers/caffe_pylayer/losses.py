@@ -5,6 +5,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from caffe_pylayer import gpu
 from caffe_pylayer.base import PythonLayer
 
 
@@ -15,6 +16,9 @@ class EuclideanLossLayer(PythonLayer):
     axis ``N`` and the same number of values. Top: a scalar (0-axis blob), like
     Caffe's built-in losses. Gradients are ``±(a - b) / N`` times the top diff,
     which is where a ``loss_weight`` arrives; ``propagate_down`` is honoured.
+
+    In GPU mode it computes on the GPU with CuPy, in Caffe's own GPU memory
+    (``forward_gpu``/``backward_gpu``); without CuPy, on the CPU as in CPU mode.
     """
 
     num_bottoms = 2
@@ -24,6 +28,7 @@ class EuclideanLossLayer(PythonLayer):
     def setup(self, bottom: Sequence[Any], top: Sequence[Any]) -> None:
         super().setup(bottom, top)
         self.diff = np.empty(0, dtype=np.float32)
+        self.diff_gpu: Any = None  # a CuPy buffer, made by the first forward_gpu
         self.num = 1
         self.inv_num = np.float32(1)
 
@@ -59,3 +64,28 @@ class EuclideanLossLayer(PythonLayer):
             np.multiply(self.diff, scale, out=bottom[0].diff.reshape(-1))
         if propagate_down[1]:
             np.multiply(self.diff, -scale, out=bottom[1].diff.reshape(-1))
+
+    def forward_gpu(self, bottom: Sequence[Any], top: Sequence[Any]) -> None:
+        cupy = gpu.cupy_or_none(self.describe())
+        if cupy is None:
+            self.forward(bottom, top)
+            return
+        if self.diff_gpu is None or self.diff_gpu.size != bottom[0].count:
+            self.diff_gpu = cupy.empty(bottom[0].count, dtype=cupy.float32)
+        diff = self.diff_gpu
+        cupy.subtract(gpu.view(bottom[0].gpu_data).reshape(-1),
+                      gpu.view(bottom[1].gpu_data).reshape(-1), out=diff)
+        # cuBLAS sdot, as Caffe's caffe_gpu_dot; the result stays on the device.
+        gpu.view(top[0].gpu_data)[...] = cupy.dot(diff, diff) * (self.inv_num * np.float32(0.5))
+
+    def backward_gpu(self, top: Sequence[Any], propagate_down: Sequence[bool],
+                     bottom: Sequence[Any]) -> None:
+        cupy = gpu.cupy_or_none(self.describe())
+        if cupy is None or self.diff_gpu is None:
+            self.backward(top, propagate_down, bottom)
+            return
+        scale = gpu.view(top[0].gpu_diff) * self.inv_num  # a 0-d device array
+        if propagate_down[0]:
+            cupy.multiply(self.diff_gpu, scale, out=gpu.view(bottom[0].gpu_diff).reshape(-1))
+        if propagate_down[1]:
+            cupy.multiply(self.diff_gpu, -scale, out=gpu.view(bottom[1].gpu_diff).reshape(-1))

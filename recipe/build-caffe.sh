@@ -5,9 +5,10 @@
 # exports the same variables to run it natively (a venv plays $PREFIX):
 #   PREFIX SRC_DIR PYTHON SP_DIR CPU_COUNT CMAKE_ARGS   (always)
 #   cuda_compiler_version   "None" or unset: CPU flavour; "12.9", "13.0": CUDA flavour
-#   CAFFE_CUDA_ARCH_BIN     CUDA architectures, space-separated ("75 80 86 89 90")
-#   CAFFE_CUDA_ARCH_PTX     architecture to also embed as PTX, for newer GPUs
 #   CUDA_HOME               CUDA toolkit root when it is not in $PREFIX (native build)
+# and optionally, to build fewer GPU architectures than the defaults below:
+#   CAFFE_CUDA_ARCH_BIN     CUDA architectures, space-separated ("90")
+#   CAFFE_CUDA_ARCH_PTX     architecture to also embed as PTX ("" for none)
 set -euo pipefail
 
 build_dir="${SRC_DIR}/build"
@@ -27,7 +28,7 @@ cmake_args=(
   -DBUILD_SHARED_LIBS=ON
   -DBUILD_docs=OFF
   -DCMAKE_POLICY_VERSION_MINIMUM=3.5  # CMake 4 refuses Caffe's 2.8.7 minimum; older CMake ignores this
-  -DBLAS=Open                       # OpenBLAS; conda-forge's libblas can switch it
+  -DBLAS=Open                       # Caffe calls CBLAS only; which library is below
   -DUSE_OPENCV=ON
   -DUSE_LEVELDB=ON
   -DUSE_LMDB=ON
@@ -42,22 +43,43 @@ cmake_args=(
   -DPYTHON_INSTALL_DIR="${SP_DIR}"  # patch 0003: pycaffe into site-packages
 )
 
-# --- Flavour: CPU, or CUDA with cuDNN for the architectures asked for.
+# --- BLAS: conda-forge packages link the switchable CBLAS interface
+# (libcblas), whose implementation the user picks at install time; elsewhere
+# OpenBLAS itself.
+if [[ -e "${PREFIX}/lib/libcblas.so" ]]; then
+  cmake_args+=(-DOpenBLAS_LIB="${PREFIX}/lib/libcblas.so" -DOpenBLAS_INCLUDE_DIR="${PREFIX}/include")
+fi
+
+# --- Flavour: CPU, or CUDA with cuDNN. GPU architectures follow the CUDA
+# version: native code for every generation it supports that conda-forge
+# builds for, and PTX for the newest, which later GPUs JIT-compile.
 if [[ -z "${cuda_compiler_version:-}" || "${cuda_compiler_version}" == "None" ]]; then
-  echo "build.sh: CPU flavour"
+  echo "build-caffe.sh: CPU flavour"
   cmake_args+=(-DCPU_ONLY=ON)
 else
-  echo "build.sh: CUDA ${cuda_compiler_version} flavour, sm ${CAFFE_CUDA_ARCH_BIN:?}," \
-       "PTX ${CAFFE_CUDA_ARCH_PTX:-none}"
+  case "${cuda_compiler_version}" in
+    12.*) default_arch_bin="50 60 70 75 80 86 89 90" default_arch_ptx="90" ;;
+    13.*) default_arch_bin="75 80 86 89 90" default_arch_ptx="90" ;;  # CUDA 13 dropped sm_50-72
+    *) echo "build-caffe.sh: no GPU architecture list for CUDA ${cuda_compiler_version}" >&2; exit 1 ;;
+  esac
+  arch_bin="${CAFFE_CUDA_ARCH_BIN-${default_arch_bin}}"
+  arch_ptx="${CAFFE_CUDA_ARCH_PTX-${default_arch_ptx}}"
+  echo "build-caffe.sh: CUDA ${cuda_compiler_version} flavour, sm ${arch_bin}, PTX ${arch_ptx:-none}"
   cmake_args+=(
     -DCPU_ONLY=OFF
     -DUSE_CUDNN=ON
     -DCUDA_ARCH_NAME=Manual         # the "Auto" default probes a GPU at build time
-    -DCUDA_ARCH_BIN="${CAFFE_CUDA_ARCH_BIN}"
-    -DCUDA_ARCH_PTX="${CAFFE_CUDA_ARCH_PTX:-}"
+    -DCUDA_ARCH_BIN="${arch_bin}"
+    -DCUDA_ARCH_PTX="${arch_ptx}"
   )
   if [[ -n "${CUDA_HOME:-}" ]]; then
     cmake_args+=(-DCUDA_TOOLKIT_ROOT_DIR="${CUDA_HOME}")
+  elif [[ -d "${PREFIX}/targets/x86_64-linux" ]]; then
+    # conda-forge's CUDA layout: nvcc in the build prefix, headers and
+    # libraries under targets/ of the host prefix; its activation sets no
+    # CUDA_HOME, and without a root FindCUDA quietly gives a CPU-only build.
+    cmake_args+=(-DCUDA_TOOLKIT_ROOT_DIR="${PREFIX}/targets/x86_64-linux"
+                 -DCUDA_NVCC_EXECUTABLE="${BUILD_PREFIX}/bin/nvcc")
   fi
 fi
 
@@ -67,3 +89,10 @@ fi
 cmake -S "${SRC_DIR}" -B "${build_dir}" "${cmake_args[@]}" ${CMAKE_ARGS:-}
 cmake --build "${build_dir}" --parallel "${CPU_COUNT:-2}"
 cmake --install "${build_dir}"
+
+# --- The example scripts as commands, as conda-forge's caffe 1.0 shipped
+# them (classify, detect, draw_net), run by the env's own Python.
+for tool in classify detect draw_net; do
+  { echo "#!${PYTHON}"; tail -n +2 "${PREFIX}/share/caffe/python/${tool}.py"; } > "${PREFIX}/bin/${tool}"
+  chmod 755 "${PREFIX}/bin/${tool}"
+done

@@ -1,0 +1,82 @@
+# The checks of ci/test --conda. Source it after ci/lib.sh; it runs nothing by itself.
+# shellcheck shell=bash disable=SC2154  # the variables come from ci/lib.sh
+
+# Every variant (CPU, CUDA 12.9, CUDA 13.0 x every Python of the pinning and
+# its migrations) rendered by conda-build, in the repository and as exported.
+check_rendered_variants() {
+  step "conda-build renders every variant with conda-forge's pinning (5 hash seeds; export: 1)"
+  [[ -n "${CONDA_FORGE_PINNING:-}" ]] || die "CONDA_FORGE_PINNING is not set (see ci/conda-build --help)"
+  local recipe
+  for recipe in "${repo_root}/recipe" "${conda_dir}/recipe"; do
+    local seeds=(0 1 2 3 4)
+    [[ "${recipe}" == "${repo_root}/recipe" ]] || seeds=(0)
+    echo "    ${recipe#"${repo_root}/"}"
+    "${conda_python}" "${repo_root}/ci/conda_pinning.py" check "${CONDA_FORGE_PINNING}" "${recipe}" \
+      --seeds "${seeds[@]}" --work "${conda_dir}" 2> >(grep -v '^WARNING: Setting build' >&2) \
+      || die "conda-build's rendering of ${recipe#"${repo_root}/"} failed (above)"
+  done
+}
+
+# What the .conda files hold: files, licenses, run dependencies against NEEDED.
+check_built_packages() {
+  step "the built packages: files, licenses, dependencies against linked libraries"
+  "${conda_python}" "${repo_root}/ci/check_packages.py" "${conda_dir}/packages" \
+    "${conda_dir}/standins" --croot "${conda_dir}/croot" || die "the built packages are wrong (above)"
+}
+
+# tests/ in the env conda made, from a folder outside the repository, with no
+# PYTHONPATH: only what conda installed can be imported.
+run_tests_in_conda_env() {
+  step "post-build tests in build/conda/env, run from outside the repository"
+  local outside
+  outside=$(mktemp -d)
+  cp -r "${repo_root}/tests" "${outside}/tests"
+  (cd "${outside}" && env -u PYTHONPATH CAFFE_EXPECT_CUDA=None \
+    "${conda_env}/bin/python" -m pytest -p no:cacheprovider -q -rs tests) \
+    || { rm -rf "${outside}"; die "post-build tests failed in build/conda/env"; }
+  rm -rf "${outside}"
+}
+
+# A CPU caffe constrains caffe-gpu away: offer the solver a caffe-gpu with no
+# dependencies at all (a probe package), so only that constraint can refuse it.
+check_gpu_selector_refused() {
+  step "the solver refuses caffe-gpu in the env of the CPU caffe"
+  local probe="${conda_dir}/probe-channel" version
+  version=$("${conda_env}/bin/python" -c 'import json, glob
+print(json.load(open(glob.glob("'"${conda_env}"'/conda-meta/caffe-1*.json")[0]))["version"])')
+  rm -rf "${probe}"
+  "${conda_python}" - "${probe}" "${version}" <<'PY' || die "could not make the caffe-gpu probe package"
+import sys
+from pathlib import Path
+sys.path.insert(0, "ci")
+import standin_channel as s
+s.write_package(s.Package("caffe-gpu", sys.argv[2], "a probe: caffe-gpu with no dependencies",
+                          build="probe_0"), Path(sys.argv[1]))
+PY
+  "${conda_python}" -m conda_index "${probe}" >/dev/null 2>&1 || die "could not index ${probe}"
+  local log="${build_root}/logs/conda-caffe-gpu-refused.log"
+  if CONDA_PKGS_DIRS="${conda_dir}/pkgs" "${conda_python}" -m conda install --dry-run -y \
+      -p "${conda_env}" --offline --override-channels -c "file://${conda_dir}/packages" \
+      -c "file://${conda_dir}/standins" -c "file://${probe}" "caffe-gpu=${version}" > "${log}" 2>&1; then
+    die "conda would install caffe-gpu beside the CPU caffe (log: ${log#"${repo_root}/"})"
+  fi
+  grep -q 'caffe-gpu <0a0' "${log}" \
+    || die "conda refused caffe-gpu, but not for caffe's constraint (log: ${log#"${repo_root}/"})"
+  echo "    refused, by caffe's run_constrained: $(grep -m1 'caffe-gpu <0a0' "${log}" | sed 's/^[^a-z]*//')"
+}
+
+run_conda_tests() {
+  local tests_started
+  tests_started=$(date +%s)
+  ensure_conda_tools
+  if ! "${conda_env}/bin/python" -c 'import caffe, caffe_pylayer' 2>/dev/null; then
+    step "no usable build/conda/env: running ci/build --conda"
+    "${repo_root}/ci/build" --conda
+  fi
+  check_rendered_variants
+  check_built_packages
+  run_tests_in_conda_env
+  check_gpu_selector_refused
+  step_finish
+  echo "all conda tests passed in $(( $(date +%s) - tests_started ))s"
+}
