@@ -122,7 +122,7 @@ def test_gpu_path_keeps_the_bottoms_on_the_device(write_file, gpu_mode):
     _, _, net = run_net(mlp_with_python_loss(write_file), "gpu")
     net.forward()
     net.backward()
-    # "synced" would mean Caffe copied the blob to the host for the layer.
+    # "cpu" or "synced" would mean Caffe copied the blob to the host for the layer.
     assert (net.blobs["pred"]._data_head, net.blobs["pred"]._diff_head) == ("gpu", "gpu")
     assert net.blobs["label"]._data_head == "gpu"
 
@@ -135,7 +135,9 @@ def test_cpu_path_copies_the_bottoms_to_the_host(write_file, gpu_mode, monkeypat
                     .replace('"EuclideanLossLayer"', '"ClassicEuclideanLossLayer"'))
     _, _, net = run_net(path, "gpu")
     net.forward()
-    assert net.blobs["pred"]._data_head == "synced"
+    # The layer read blob.data (mutable_cpu_data): the host copy is now the
+    # current one, and the next GPU use copies it back to the device.
+    assert net.blobs["pred"]._data_head == "cpu"
 
 
 def test_gpu_views_write_caffe_memory_in_place(write_file, gpu_mode):

@@ -15,9 +15,14 @@ import logging
 from types import ModuleType
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger("caffe_pylayer")
 _cupy: ModuleType | None = None
 _cupy_missing: str | None = None
+# Views by (pointer, shape): a blob keeps its memory from one iteration to the
+# next, so each layer call reuses the arrays instead of building new ones.
+_views: dict[tuple[int, tuple[int, ...]], Any] = {}
 
 
 def cupy_or_none(layer: str = "a Python layer") -> ModuleType | None:
@@ -45,4 +50,20 @@ def view(memory: Any) -> Any:
     cupy = cupy_or_none()
     if cupy is None:
         raise RuntimeError(f"CuPy is unavailable ({_cupy_missing})")
+    interface = memory.__cuda_array_interface__  # makes the GPU copy current
+    pointer, shape = interface["data"][0], interface["shape"]
+    if pointer and cupy.cuda.get_current_stream().ptr == 0:
+        # CuPy on the legacy default stream, where Caffe's kernels run: stream
+        # order already holds. cupy.asarray would synchronize the whole device
+        # for the interface's stream at every view.
+        key = (pointer, shape)
+        array = _views.get(key)
+        if array is None:
+            if len(_views) > 1024:
+                _views.clear()
+            size = 4 * int(np.prod(shape, dtype=np.int64))
+            # Caffe owns the memory; the view holds no reference to the blob.
+            memory_pointer = cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(pointer, size, None), 0)
+            array = _views[key] = cupy.ndarray(shape, dtype=cupy.float32, memptr=memory_pointer)
+        return array
     return cupy.asarray(memory)

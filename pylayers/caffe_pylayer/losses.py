@@ -1,6 +1,7 @@
 """Loss layers that compute exactly what Caffe's built-in ones compute."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import numpy as np
@@ -75,8 +76,9 @@ class EuclideanLossLayer(PythonLayer):
         diff = self.diff_gpu
         cupy.subtract(gpu.view(bottom[0].gpu_data).reshape(-1),
                       gpu.view(bottom[1].gpu_data).reshape(-1), out=diff)
-        # cuBLAS sdot, as Caffe's caffe_gpu_dot; the result stays on the device.
-        gpu.view(top[0].gpu_data)[...] = cupy.dot(diff, diff) * (self.inv_num * np.float32(0.5))
+        # cuBLAS sdot, as Caffe's caffe_gpu_dot; the loss stays on the device.
+        cupy.multiply(cupy.dot(diff, diff), self.inv_num * np.float32(0.5),
+                      out=gpu.view(top[0].gpu_data))
 
     def backward_gpu(self, top: Sequence[Any], propagate_down: Sequence[bool],
                      bottom: Sequence[Any]) -> None:
@@ -84,8 +86,30 @@ class EuclideanLossLayer(PythonLayer):
         if cupy is None or self.diff_gpu is None:
             self.backward(top, propagate_down, bottom)
             return
-        scale = gpu.view(top[0].gpu_diff) * self.inv_num  # a 0-d device array
-        if propagate_down[0]:
-            cupy.multiply(self.diff_gpu, scale, out=gpu.view(bottom[0].gpu_diff).reshape(-1))
-        if propagate_down[1]:
-            cupy.multiply(self.diff_gpu, -scale, out=gpu.view(bottom[1].gpu_diff).reshape(-1))
+        # One pass over the kept diff writes both gradients, ±diff * top_diff / N.
+        top_diff = gpu.view(top[0].gpu_diff)
+        if propagate_down[0] and propagate_down[1]:
+            _scaled_pair()(self.diff_gpu, top_diff, self.inv_num,
+                           gpu.view(bottom[0].gpu_diff).reshape(-1),
+                           gpu.view(bottom[1].gpu_diff).reshape(-1))
+        elif propagate_down[0] or propagate_down[1]:
+            sign = self.inv_num if propagate_down[0] else -self.inv_num
+            target = bottom[0] if propagate_down[0] else bottom[1]
+            _scaled()(self.diff_gpu, top_diff, sign, gpu.view(target.gpu_diff).reshape(-1))
+
+
+@functools.cache
+def _scaled() -> Any:
+    """out = diff * top_diff * k, with the top diff read on the device."""
+    cupy = gpu.cupy_or_none()
+    return cupy.ElementwiseKernel("T d, raw T g, T k", "T out", "out = d * (g[0] * k)",
+                                  "caffe_pylayer_scaled")
+
+
+@functools.cache
+def _scaled_pair() -> Any:
+    """out0 = diff * top_diff * k, out1 = -out0: both gradients in one pass."""
+    cupy = gpu.cupy_or_none()
+    return cupy.ElementwiseKernel("T d, raw T g, T k", "T out0, T out1",
+                                  "T v = d * (g[0] * k); out0 = v; out1 = -v",
+                                  "caffe_pylayer_scaled_pair")
