@@ -3,7 +3,8 @@
 
 Opens caffe, caffe-cpu and caffe-pylayer as conda-build wrote them and checks:
 - caffe has libcaffe, the tools and example commands, the headers, pycaffe and
-  Caffe's license, and nothing of caffe-pylayer;
+  Caffe's license, and nothing else in site-packages; its version sorts above
+  conda-forge's caffe 1.0, so a solver prefers it whatever the build number;
 - caffe-pylayer holds exactly caffe_pylayer, pyloss and their metadata, its own
   license, and pins caffe to the exact build;
 - every shared library that an ELF file of caffe needs (its NEEDED entries) is
@@ -25,6 +26,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from conda.models.version import VersionOrder
 from conda_package_streaming.extract import extract
 
 # What pycaffe imports or needs at run time without linking it.
@@ -96,6 +98,8 @@ def check_caffe(index: dict, paths: list[dict], folder: Path, providers: dict[st
         require(wanted in files, f"caffe lacks {wanted}")
     for tool in CAFFE_TOOLS:
         require(f"bin/{tool}" in files, f"caffe lacks the command bin/{tool}")
+    require(VersionOrder(index["version"]) > VersionOrder("1.0"),
+            f"caffe {index['version']} does not sort above conda-forge's caffe 1.0")
     license_text = (folder / "info" / "licenses" / "LICENSE").read_text()
     require("Berkeley" in license_text or "BVLC" in license_text or "Caffe" in license_text,
             "caffe's info/licenses/LICENSE is not Caffe's license")

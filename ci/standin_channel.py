@@ -273,7 +273,7 @@ def python_packages(python: str) -> list[Package]:
 
 
 def toolchain_packages(activation: Path) -> list[Package]:
-    gcc = debian_version("gcc-12") if shutil.which("gcc-12") else debian_version("gcc")
+    gcc = debian_version("gcc")
     major = gcc.split(".")[0]
     glibc = x_y(debian_version("libc6"), 2)
     cmake = debian_version("cmake")
