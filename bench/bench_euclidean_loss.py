@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # one thread, before NumPy loads BLAS
@@ -27,6 +26,7 @@ import numpy as np  # noqa: E402
 
 import caffe  # noqa: E402
 from caffe import layers as L  # noqa: E402
+from nets import train_net  # noqa: E402
 
 # The classic example layer, kept with the tests as a reference implementation.
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "layers"))
@@ -52,14 +52,7 @@ def make_net(kind: str, loss: str, batch: int, dim: int, outputs: int) -> caffe.
         module, layer = LOSSES[loss]
         # Caffe gives only built-in loss layers a default loss_weight of 1.
         n.loss = L.Python(n.pred, n.label, module=module, layer=layer, loss_weight=1)
-    proto = n.to_proto()
-    proto.force_backward = True
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-        f.write(str(proto))
-    try:
-        return caffe.Net(f.name, caffe.TRAIN)
-    finally:
-        os.unlink(f.name)
+    return train_net(n)
 
 
 def fill(net: caffe.Net, seed: int = 0) -> None:

@@ -21,7 +21,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -30,6 +29,7 @@ import numpy as np  # noqa: E402
 
 import caffe  # noqa: E402
 from caffe import layers as L  # noqa: E402
+from nets import train_net  # noqa: E402
 import cupy  # noqa: E402
 from caffe_pylayer.losses import EuclideanLossLayer  # noqa: E402
 
@@ -65,15 +65,8 @@ def make_net(kind: str, loss: str) -> caffe.Net:
     else:
         module, layer = LOSSES[loss]
         n.loss = L.Python(n.pred, n.label, module=module, layer=layer, loss_weight=1)
-    proto = n.to_proto()
-    proto.force_backward = True
-    with tempfile.NamedTemporaryFile("w", suffix=".prototxt", delete=False) as f:
-        f.write(str(proto))
-    try:
-        caffe.set_random_seed(1)
-        return caffe.Net(f.name, caffe.TRAIN)
-    finally:
-        os.unlink(f.name)
+    caffe.set_random_seed(1)
+    return train_net(n)
 
 
 def fill(net: caffe.Net) -> None:

@@ -13,7 +13,6 @@ rendered by conda-build's own renderer (ci/conda_pinning.py, ci/test --conda).
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import sys

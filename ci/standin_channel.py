@@ -34,13 +34,11 @@ import argparse
 import email.parser
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -170,9 +168,9 @@ def triplet_copy(links: dict[str, str]) -> dict[str, str]:
     return {f"lib/x86_64-linux-gnu/{Path(k).name}": v for k, v in links.items()}
 
 
-def library_packages() -> list[Package]:
+def library_packages(python_version: str) -> list[Package]:
     boost = boost_version()
-    python_tag = "".join(platform_python_version().split(".")[:2])
+    python_tag = "".join(python_version.split(".")[:2])
     protobuf = debian_version("libprotobuf-dev")
     glog = debian_version("libgoogle-glog-dev")
     gflags = debian_version("libgflags-dev")
@@ -249,12 +247,7 @@ def library_packages() -> list[Package]:
     return packages
 
 
-def platform_python_version() -> str:
-    return PYTHON_VERSION
-
-
-def python_packages(python: str) -> list[Package]:
-    version = PYTHON_VERSION
+def python_packages(version: str) -> list[Package]:
     xy = x_y(version, 2)
     tag = xy.replace(".", "")
     site = f"lib/python{xy}/site-packages"
@@ -317,7 +310,7 @@ def toolchain_packages(activation: Path) -> list[Package]:
     runtime = {"strong": [f"libgcc >={major}"]}
     return [
         Package("gcc_linux-64", major, f"conda-forge's gcc_linux-64: Debian's GCC {gcc} with "
-                "conda-forge's activation (flags, CMAKE_ARGS)", depends=[f"sysroot_linux-64"],
+                "conda-forge's activation (flags, CMAKE_ARGS)", depends=["sysroot_linux-64"],
                 run_exports=runtime, files={**gcc_files, "etc/conda/activate.d/activate-gcc_linux-64.sh":
                                             activation_script("activate-gcc.sh")},
                 links=gcc_links, executables=set(gcc_files)),
@@ -344,14 +337,14 @@ def conda_name(pypi_name: str) -> str:
     return re.sub(r"[-_.]+", "-", pypi_name).lower()
 
 
-def wheel_package(wheel: Path, python: str, staging: Path) -> Package:
+def wheel_package(wheel: Path, python: str, python_version: str, staging: Path) -> Package:
     """A wheel unpacked into site-packages and byte-compiled, as conda-forge's
     Python packages come (a build that imports them then adds no .pyc files
     to its host prefix), with the dependencies the wheel declares."""
-    xy = x_y(PYTHON_VERSION, 2)
+    xy = x_y(python_version, 2)
     site = f"lib/python{xy}/site-packages"
     environment = default_environment()
-    environment.update(python_version=xy, python_full_version=PYTHON_VERSION, extra="")
+    environment.update(python_version=xy, python_full_version=python_version, extra="")
     with zipfile.ZipFile(wheel) as archive:
         metadata_name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
         metadata = email.parser.Parser().parsestr(archive.read(metadata_name).decode())
@@ -470,7 +463,7 @@ def patch_cblas(channel_work: Path, package: Package) -> None:
 def variant_overrides(packages: list[Package]) -> dict:
     """Pins for conda-build -m: the versions this channel holds."""
     by_name = {p.name: p for p in packages}
-    xy = x_y(PYTHON_VERSION, 2)
+    xy = x_y(by_name["python"].version, 2)
     gcc = by_name["gcc_linux-64"].version
     return {
         # one zip group of the pinning: every member, one value each
@@ -488,11 +481,7 @@ def variant_overrides(packages: list[Package]) -> dict:
     }
 
 
-PYTHON_VERSION = ""
-
-
 def main() -> int:
-    global PYTHON_VERSION
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("channel", type=Path)
     parser.add_argument("--activation", type=Path, required=True,
@@ -501,7 +490,7 @@ def main() -> int:
     parser.add_argument("--python", default="/usr/bin/python3", help="Debian's interpreter")
     args = parser.parse_args()
     try:
-        PYTHON_VERSION = subprocess.run(
+        python_version = subprocess.run(
             [args.python, "-c", "import platform; print(platform.python_version())"],
             capture_output=True, text=True, check=True).stdout.strip()
         args.wheels.mkdir(parents=True, exist_ok=True)
@@ -513,12 +502,13 @@ def main() -> int:
         shutil.rmtree(args.channel, ignore_errors=True)
         work = args.channel / "work"
         work.mkdir(parents=True)
-        packages = [*library_packages(), *python_packages(args.python), *toolchain_packages(args.activation)]
+        packages = [*library_packages(python_version), *python_packages(python_version),
+                    *toolchain_packages(args.activation)]
         patch_cblas(work, next(p for p in packages if p.name == "libcblas"))
         wanted = {conda_name(Requirement(w).name) for w in WHEELS}
         wheels = {}
         for wheel in sorted(args.wheels.glob("*.whl")):
-            package = wheel_package(wheel, args.python, work)
+            package = wheel_package(wheel, args.python, python_version, work)
             wheels.setdefault(package.name, package)
         missing = wanted - set(wheels)
         if missing:

@@ -150,30 +150,6 @@ def test_gpu_views_write_caffe_memory_in_place(write_file, gpu_mode):
     np.testing.assert_array_equal(blob.data, np.full(blob.shape, 3.5, dtype=np.float32))
 
 
-def test_sgd_solver_trains_a_gpu_python_loss(write_file, tmp_path, gpu_mode):
-    needs_cupy()
-    net = mlp_with_python_loss(write_file, batch=64, dim=8)
-    solver = caffe.SGDSolver(str(write_file("solver.prototxt", f"""
-        net: "{net}"
-        base_lr: 0.02
-        momentum: 0.9
-        lr_policy: "fixed"
-        max_iter: 300
-        solver_mode: GPU
-        random_seed: 3
-        snapshot_prefix: "{tmp_path / 'snap'}"
-    """)))
-    rng = np.random.default_rng(4)
-    x = rng.standard_normal((64, 8)).astype(np.float32)
-    solver.net.blobs["x"].data[...] = x
-    solver.net.blobs["label"].data[...] = x[:, :4] * 0.5 - x[:, 4:] * 0.25
-    first = float(solver.net.forward()["loss"])
-    solver.step(300)
-    last = float(solver.net.forward()["loss"])
-    assert first / last >= 10, (first, last)
-    assert solver.net.blobs["pred"]._diff_head == "gpu"
-
-
 def test_caffe_train_tool_trains_a_gpu_python_loss(write_file, tmp_path):
     needs_cupy()
     net = write_file("net.prototxt", """
