@@ -177,3 +177,21 @@ def test_caffe_train_tool_trains_a_gpu_python_loss(write_file, tmp_path):
     losses = [float(v) for v in re.findall(r"Iteration \d+ .*loss = ([0-9.e+-]+)", result.stderr)]
     assert len(losses) >= 5
     assert losses[0] / losses[-1] >= 10, losses
+
+
+def test_the_readme_gpu_layer_runs_on_the_device(write_file, gpu_mode, monkeypatch):
+    needs_cupy()
+    monkeypatch.syspath_prepend(str(LAYERS_DIR))
+    n = caffe.NetSpec()
+    n.x, n.label = L.Input(shape=[dict(dim=[8, 5]), dict(dim=[8, 5])], ntop=2)
+    n.scaled = L.Python(n.x, module="gpu_layers", layer="ScaleLayer")
+    n.loss = L.Python(n.scaled, n.label, module="pyloss", layer="EuclideanLossLayer", loss_weight=1)
+    proto = n.to_proto()
+    proto.force_backward = True
+    path = write_file("scale.prototxt", str(proto))
+    cpu_loss, _, cpu_net = run_net(path, "cpu")
+    gpu_loss, _, gpu_net = run_net(path, "gpu")
+    assert gpu_net.blobs["scaled"]._data_head == "gpu"
+    np.testing.assert_allclose(gpu_net.blobs["scaled"].data, 2 * gpu_net.blobs["x"].data, rtol=1e-6)
+    assert gpu_loss == pytest.approx(cpu_loss, rel=1e-5)
+    np.testing.assert_allclose(gpu_net.blobs["x"].diff, cpu_net.blobs["x"].diff, rtol=1e-5, atol=1e-7)
