@@ -36,11 +36,13 @@ def write_file(tmp_path):
     return write
 
 
-def run_caffe_tool(*args: str, pythonpath: Path | None = None,
-                   cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_caffe_tool(*args: str, pythonpath: Path | None = None, cwd: Path | None = None,
+                   env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the caffe tool with no PYTHONPATH but, if given, one layer folder."""
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONHOME", "PYTHONSAFEPATH")}
     env["GLOG_minloglevel"] = "0"  # the tests read the tool's log
+    env.update(env_extra or {})
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run([str(CAFFE_TOOL), *args], env=env, cwd=cwd, capture_output=True,

@@ -124,3 +124,46 @@ def test_libcaffe_links_cuda_exactly_when_the_flavour_is_cuda():
     cuda = os.environ["CAFFE_EXPECT_CUDA"] not in ("", "None")
     for library in ("libcudart.so", "libcublas.so", "libcurand.so", "libcudnn.so"):
         assert (library in linked.stdout) == cuda, f"{library} in ldd of {libcaffe}:\n{linked.stdout}"
+
+
+def test_legacy_layers_read_param_str_underscore(write_file, monkeypatch):
+    monkeypatch.syspath_prepend(str(LAYERS_DIR))
+    net = caffe.Net(str(probe_net(write_file, layer="LegacyParamStrLayer", param="scales: 8 16 32")),
+                    caffe.TRAIN)
+    assert net.layer_dict["probe"].received == "scales: 8 16 32"
+
+
+CWD_LAYER = """
+import caffe
+
+
+class Double(caffe.Layer):
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 2 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        bottom[0].diff[...] = 2 * top[0].diff
+"""
+
+
+def test_caffe_tool_finds_a_layer_module_in_the_working_directory(write_file, tmp_path):
+    write_file("cwd_only_layer.py", CWD_LAYER)
+    net = probe_net(write_file, module="cwd_only_layer", layer="Double")
+    result = run_caffe_tool("time", "-model", str(net), "-iterations", "1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Average Forward-Backward" in result.stderr
+
+
+def test_pythonsafepath_keeps_the_working_directory_off_sys_path(write_file, tmp_path):
+    write_file("cwd_only_layer.py", CWD_LAYER)
+    net = probe_net(write_file, module="cwd_only_layer", layer="Double")
+    result = run_caffe_tool("time", "-model", str(net), "-iterations", "1", cwd=tmp_path,
+                            env_extra={"PYTHONSAFEPATH": "1"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "ModuleNotFoundError: No module named 'cwd_only_layer'" in result.stderr

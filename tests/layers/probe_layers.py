@@ -55,3 +55,10 @@ class ClassicEuclideanLossLayer(caffe.Layer):
             if propagate_down[i]:
                 sign = 1 if i == 0 else -1
                 bottom[i].diff[...] = sign * self.diff / bottom[i].num
+
+
+class LegacyParamStrLayer(EnvProbeLayer):
+    """Reads param_str_, pycaffe's name for it before 2016 (Faster R-CNN's layers do)."""
+
+    def setup(self, bottom, top):
+        self.received = self.param_str_
