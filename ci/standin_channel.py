@@ -117,27 +117,24 @@ def pin(name: str, version: str, parts: int) -> str:
     return f"{name} >={version},<{next_version(version, parts)}"
 
 
-def libraries(*patterns: str, directory: Path = LIBDIR) -> dict[str, str]:
-    """lib/<name> -> Debian's file, for every file or link matching the patterns."""
+def linked(folder: str, directory: Path, patterns: tuple[str, ...]) -> dict[str, str]:
+    """<folder>/<name> -> Debian's file, for every file or link matching the patterns."""
     found = {}
     for pattern in patterns:
         matches = sorted(directory.glob(pattern))
         if not matches:
             raise StandInError(f"no {pattern} in {directory}")
         for path in matches:
-            found[f"lib/{path.name}"] = str(path)
+            found[f"{folder}/{path.name}"] = str(path)
     return found
 
 
-def headers(*names: str, directory: Path = Path("/usr/include")) -> dict[str, str]:
-    found = {}
-    for name in names:
-        matches = sorted(directory.glob(name))
-        if not matches:
-            raise StandInError(f"no header {name} in {directory}")
-        for path in matches:
-            found[f"include/{path.name}"] = str(path)
-    return found
+def libraries(*patterns: str, directory: Path = LIBDIR) -> dict[str, str]:
+    return linked("lib", directory, patterns)
+
+
+def headers(*patterns: str, directory: Path = Path("/usr/include")) -> dict[str, str]:
+    return linked("include", directory, patterns)
 
 
 def boost_version() -> str:
