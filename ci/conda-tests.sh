@@ -45,19 +45,19 @@ check_gpu_selector_refused() {
   version=$("${conda_env}/bin/python" -c 'import json, glob
 print(json.load(open(glob.glob("'"${conda_env}"'/conda-meta/caffe-1*.json")[0]))["version"])')
   rm -rf "${probe}"
-  "${conda_python}" - "${probe}" "${version}" <<'PY' || die "could not make the caffe-gpu probe package"
+  "${conda_python}" - "${repo_root}/ci" "${probe}" "${version}" <<'PY' \
+    || die "could not make the caffe-gpu probe package"
 import sys
 from pathlib import Path
-sys.path.insert(0, "ci")
+sys.path.insert(0, sys.argv[1])
 import standin_channel as s
-s.write_package(s.Package("caffe-gpu", sys.argv[2], "a probe: caffe-gpu with no dependencies",
-                          build="probe_0"), Path(sys.argv[1]))
+s.write_package(s.Package("caffe-gpu", sys.argv[3], "a probe: caffe-gpu with no dependencies",
+                          build="probe_0"), Path(sys.argv[2]))
 PY
   "${conda_python}" -m conda_index "${probe}" >/dev/null 2>&1 || die "could not index ${probe}"
   local log="${build_root}/logs/conda-caffe-gpu-refused.log"
-  if CONDA_PKGS_DIRS="${conda_dir}/pkgs" "${conda_python}" -m conda install --dry-run -y \
-      -p "${conda_env}" --offline --override-channels -c "file://${conda_dir}/packages" \
-      -c "file://${conda_dir}/standins" -c "file://${probe}" "caffe-gpu=${version}" > "${log}" 2>&1; then
+  if conda_offline install --dry-run -y -p "${conda_env}" -c "file://${probe}" \
+      "caffe-gpu=${version}" > "${log}" 2>&1; then
     die "conda would install caffe-gpu beside the CPU caffe (log: ${log#"${repo_root}/"})"
   fi
   grep -q 'caffe-gpu <0a0' "${log}" \

@@ -367,15 +367,20 @@ make_standin_channel() {
 conda_dir="${build_root}/conda"
 conda_env="${conda_dir}/env"
 
-# Run the real conda client on the built packages and the stand-in channel;
-# on failure, the solver's own message in one line.
+# The real conda client, offline, on the built packages and the stand-in
+# channel (further -c options may follow in the arguments).
+conda_offline() {
+  CONDA_PKGS_DIRS="${conda_dir}/pkgs" "${conda_python}" -m conda "$@" --offline \
+    --override-channels -c "file://${conda_dir}/packages" -c "file://${conda_dir}/standins"
+}
+
+# conda_offline with its output in a log; on failure, the solver's own
+# message in one line.
 run_conda() {
   local what=$1 log="${build_root}/logs/conda-${1// /-}.log"
   shift
   mkdir -p "${build_root}/logs"
-  if ! CONDA_PKGS_DIRS="${conda_dir}/pkgs" "${conda_python}" -m conda "$@" --offline \
-      --override-channels -c "file://${conda_dir}/packages" -c "file://${conda_dir}/standins" \
-      > "${log}" 2>&1; then
+  if ! conda_offline "$@" > "${log}" 2>&1; then
     local reason
     reason=$(grep -m1 -E 'Error|error|conflict|nothing provides|cannot be installed' "${log}" || tail -n 1 "${log}")
     echo "conda could not ${what}: ${reason} (log: ${log#"${repo_root}/"})" >&2
@@ -390,6 +395,6 @@ install_conda_env() {
   run_conda "install caffe-pylayer" create -y -p "${conda_env}" caffe-pylayer || exit 1
   # The post-build tests' own needs, as the recipe's test sections add them.
   run_conda "install the test tools" install -y -p "${conda_env}" pytest h5py pip || exit 1
-  "${conda_env}/bin/python" -c 'import caffe, caffe_pylayer; print("    caffe", caffe.__version__ if hasattr(caffe, "__version__") else "", "from", caffe.__file__)'
+  "${conda_env}/bin/python" -c 'import caffe, caffe_pylayer; print("    caffe from", caffe.__file__)'
   step_finish
 }

@@ -165,6 +165,14 @@ def triplet_copy(links: dict[str, str]) -> dict[str, str]:
     return {f"lib/x86_64-linux-gnu/{Path(k).name}": v for k, v in links.items()}
 
 
+def debian_library(name: str, version: str, debian: str, header: str, library: str,
+                   pin_depth: int) -> Package:
+    """A Debian library of one header (or folder) and one library, with conda-forge's run_exports."""
+    return Package(name, version, f"Debian's {debian} {version} in /usr",
+                   run_exports={"weak": [pin(name, version, pin_depth)]},
+                   links={**headers(header), **libraries(library)})
+
+
 def library_packages(python_version: str) -> list[Package]:
     boost = boost_version()
     python_tag = "".join(python_version.split(".")[:2])
@@ -202,12 +210,8 @@ def library_packages(python_version: str) -> list[Package]:
                 run_exports={"weak": [pin("libprotobuf", protobuf, 3)]},
                 links={**headers("google"), **libraries("libprotobuf.so*"),
                        "bin/protoc": "/usr/bin/protoc"}),
-        Package("glog", glog, f"Debian's libgoogle-glog-dev {glog} in /usr",
-                run_exports={"weak": [pin("glog", glog, 2)]},
-                links={**headers("glog"), **libraries("libglog.so*")}),
-        Package("gflags", gflags, f"Debian's libgflags-dev {gflags} in /usr",
-                run_exports={"weak": [pin("gflags", gflags, 2)]},
-                links={**headers("gflags"), **libraries("libgflags.so*")}),
+        debian_library("glog", glog, "libgoogle-glog-dev", "glog", "libglog.so*", 2),
+        debian_library("gflags", gflags, "libgflags-dev", "gflags", "libgflags.so*", 2),
         Package("hdf5", hdf5, f"Debian's libhdf5-dev {hdf5} (serial) in /usr",
                 run_exports={"weak": [pin("hdf5", hdf5, 3)]},
                 links={**headers("*.h", directory=Path("/usr/include/hdf5/serial")),
@@ -215,16 +219,12 @@ def library_packages(python_version: str) -> list[Package]:
                                    directory=hdf5_dir),
                        **libraries("libhdf5_serial.so.*", "libhdf5_serial_hl.so.*", "libhdf5_serial_cpp.so.*",
                                    "libhdf5_serial_hl_cpp.so.*")}),
-        Package("lmdb", lmdb, f"Debian's liblmdb-dev {lmdb} in /usr",
-                run_exports={"weak": [pin("lmdb", lmdb, 2)]},
-                links={**headers("lmdb.h"), **libraries("liblmdb.so*")}),
+        debian_library("lmdb", lmdb, "liblmdb-dev", "lmdb.h", "liblmdb.so*", 2),
         # conda-forge's leveldb has no run_exports: recipes must run-require it.
         Package("leveldb", leveldb, f"Debian's libleveldb-dev {leveldb} in /usr",
                 depends=["snappy"],
                 links={**headers("leveldb"), **libraries("libleveldb.so*")}),
-        Package("snappy", snappy, f"Debian's libsnappy-dev {snappy} in /usr",
-                run_exports={"weak": [pin("snappy", snappy, 2)]},
-                links={**headers("snappy*.h"), **libraries("libsnappy.so*")}),
+        debian_library("snappy", snappy, "libsnappy-dev", "snappy*.h", "libsnappy.so*", 2),
         Package("libopencv", opencv, f"Debian's libopencv-dev {opencv} in /usr",
                 run_exports={"weak": [pin("libopencv", opencv, 3)]},
                 links={**headers("opencv4"), **opencv_libs,

@@ -40,7 +40,6 @@ def test_blob_heads_name_where_the_current_copy_is(net):
     blob = net.blobs["a"]
     net.forward()
     assert blob._data_head == "cpu"        # DummyData wrote it on the host
-    assert net.blobs["loss"]._diff_head in ("cpu", "uninitialized")
     blob.diff[...] = 1.0
     assert blob._diff_head == "cpu"
 
