@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Check what the built .conda files hold (run by ci/test --conda).
 
-Opens caffe, caffe-cpu and caffe-pylayer as conda-build wrote them and checks:
+Opens caffe, its selector (caffe-cpu or caffe-gpu) and caffe-pylayer as
+conda-build wrote them and checks:
 - caffe has libcaffe, the tools and example commands, the headers, pycaffe and
   Caffe's license, and nothing else in site-packages; its version sorts above
   conda-forge's caffe 1.0, so a solver prefers it whatever the build number;
@@ -10,7 +11,8 @@ Opens caffe, caffe-cpu and caffe-pylayer as conda-build wrote them and checks:
 - every shared library that an ELF file of caffe needs (its NEEDED entries) is
   either in the package, in the C runtime, or in a package that caffe depends
   on, and every dependency of caffe is needed by a library or by pycaffe's
-  Python imports (none unused);
+  Python imports (none unused); a CUDA caffe links cudart, cuBLAS, cuRAND,
+  cuDNN and NCCL, a CPU caffe none of them;
 - no file holds the build's host or build prefix where conda will not replace
   it at install time.
 
@@ -29,13 +31,18 @@ from pathlib import Path
 from conda.models.version import VersionOrder
 from conda_package_streaming.extract import extract
 
-# What pycaffe imports or needs at run time without linking it.
-PYTHON_LEVEL = {"python", "python_abi", "numpy", "six", "protobuf", "scipy", "scikit-image"}
+# What pycaffe imports or needs at run time without linking it, and what CUDA
+# builds require without linking it (the driver's CUDA, the toolkit version).
+NOT_LINKED = {"python", "python_abi", "numpy", "six", "protobuf", "scipy", "scikit-image",
+              "__cuda", "cuda-version"}
+# What a CUDA build's libcaffe must link: without them CMake quietly built for the CPU.
+CUDA_LINKED = {"cuda-cudart", "libcublas", "libcurand", "libcudnn", "nccl"}
 # The C and C++ runtime: glibc (__glibc), libgcc, libstdcxx.
 RUNTIME = {"libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "librt.so.1",
            "ld-linux-x86-64.so.2", "libgcc_s.so.1", "libstdc++.so.6"}
 RUNTIME_PACKAGES = {"__glibc", "libgcc", "libstdcxx"}
-CAFFE_TOOLS = ["caffe", "classify", "detect", "draw_net", "convert_imageset", "compute_image_mean",
+CAFFE_TOOLS = ["caffe", "caffe-train", "classify", "detect", "draw_net", "convert_imageset",
+               "compute_image_mean",
                "extract_features", "upgrade_net_proto_text", "upgrade_solver_proto_text"]
 
 
@@ -127,7 +134,13 @@ def check_caffe(index: dict, paths: list[dict], folder: Path, providers: dict[st
                     f"{elf.relative_to(folder)} needs {soname} from {provider}, "
                     f"which is not a run dependency of caffe ({sorted(depends)})")
             used.add(provider)
-    unused = depends - used - PYTHON_LEVEL - RUNTIME_PACKAGES
+    cuda = index["build"].startswith("cuda")
+    if cuda:
+        require("share/caffe/cuda-architectures.txt" in files, "caffe lacks share/caffe/cuda-architectures.txt")
+        require(CUDA_LINKED <= used, f"a CUDA caffe links none of {sorted(CUDA_LINKED - used)}")
+    else:
+        require(not used & CUDA_LINKED, f"a CPU caffe links {sorted(used & CUDA_LINKED)}")
+    unused = depends - used - NOT_LINKED - RUNTIME_PACKAGES
     require(not unused, f"caffe depends on {sorted(unused)}, which no library of it links")
     missing_runtime = {u for u in used if u in RUNTIME_PACKAGES} - depends
     require(not missing_runtime, f"caffe links the runtime of {sorted(missing_runtime)} without depending on it")
@@ -187,10 +200,11 @@ def main() -> int:
             work = Path(tmp)
             caffe = unpack(find(args.packages, "caffe"), work)
             print("    " + check_caffe(*caffe, providers))
-            selector = unpack(find(args.packages, "caffe-cpu"), work)
+            name = "caffe-gpu" if caffe[0]["build"].startswith("cuda") else "caffe-cpu"
+            selector = unpack(find(args.packages, name), work)
             pin = f"caffe {caffe[0]['version']} {caffe[0]['build']}"
-            require(selector[0]["depends"] == [pin], f"caffe-cpu depends on {selector[0]['depends']}")
-            require(not [p for p in selector[1]], f"caffe-cpu holds files: {selector[1][:3]}")
+            require(selector[0]["depends"] == [pin], f"{name} depends on {selector[0]['depends']}")
+            require(not [p for p in selector[1]], f"{name} holds files: {selector[1][:3]}")
             pylayer = unpack(find(args.packages, "caffe-pylayer"), work)
             print("    " + check_pylayer(*pylayer, caffe[0]))
             # The build's folders: the host prefix (its placeholder), the build

@@ -3,7 +3,8 @@
 
 Reads recipe/meta.yaml's source section (ci/recipe.py) and checks: the source
 is the tarball the native build verified, every URL names the same file; the
-patch list is patches/ in order, each line commented with its upstream status,
+patch list is patches/ in order, each line's comment equal to the patch header's
+Upstream-Status,
 and every patch applies with no fuzz in that order; the extra sources exist;
 caffe-pylayer's license file is the project's. The same checks run on the
 self-contained folder of ci/export-recipe. The variants and outputs are
@@ -24,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import recipe  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-UPSTREAM_STATUS = re.compile(r"#\s*(backport \S+|conda-specific|not yet upstream)")
 
 
 class CheckFailed(Exception):
@@ -37,11 +37,14 @@ def check(condition: bool, message: str) -> None:
 
 
 def check_patch_list(recipe_dir: Path, meta: dict, tarball: Path | None) -> int:
+    # Each patch's Upstream-Status line is the fact; meta.yaml's comment repeats it.
     text = (recipe_dir / "meta.yaml").read_text()
-    patch_lines = [line for line in text.splitlines() if re.search(r"patches/\d{4}-", line)]
-    for line in patch_lines:
-        check(UPSTREAM_STATUS.search(line) is not None,
-              f"patch line without an upstream-status comment: {line.strip()}")
+    for match in re.finditer(r"(\S*patches/\d{4}-\S+\.patch)[ \t]*(?:#[ \t]*(.*))?", text):
+        path, comment = recipe_dir / match.group(1), (match.group(2) or "").strip()
+        if path.is_file():
+            status = recipe.upstream_status(path)
+            check(comment == status, f"meta.yaml says {comment!r} after {path.name}, "
+                                     f"its header says Upstream-Status: {status!r}")
     listed = [recipe_dir / p for p in meta["source"][0]["patches"]]
     on_disk = sorted(listed[0].parent.glob("*.patch")) if listed else []
     check([p.resolve() for p in listed] == [p.resolve() for p in on_disk],

@@ -31,52 +31,60 @@ run_tests_in_conda_env() {
   local outside
   outside=$(mktemp -d)
   cp -r "${repo_root}/tests" "${outside}/tests"
-  (cd "${outside}" && env -u PYTHONPATH CAFFE_EXPECT_CUDA=None \
+  (cd "${outside}" && env -u PYTHONPATH CAFFE_EXPECT_CUDA="${cuda_version}" \
     "${conda_env}/bin/python" -m pytest -p no:cacheprovider -q -rs tests) \
     || { rm -rf "${outside}"; die "post-build tests failed in build/conda/env"; }
   rm -rf "${outside}"
 }
 
-# A CPU caffe constrains caffe-gpu away: offer the solver a caffe-gpu with no
-# dependencies at all (a probe package), so only that constraint can refuse it.
-check_gpu_selector_refused() {
-  step "the solver refuses caffe-gpu in the env of the CPU caffe"
+# A CPU caffe constrains caffe-gpu away, a CUDA caffe caffe-cpu: offer the
+# solver the other selector with no dependencies at all (a probe package), so
+# only that constraint can refuse it.
+check_other_selector_refused() {
+  local selector=caffe-gpu
+  [[ "${cuda_version}" == None ]] || selector=caffe-cpu
+  step "the solver refuses ${selector} in the env of this caffe"
   local probe="${conda_dir}/probe-channel" version
   version=$("${conda_env}/bin/python" -c 'import json, glob
 print(json.load(open(glob.glob("'"${conda_env}"'/conda-meta/caffe-1*.json")[0]))["version"])')
   rm -rf "${probe}"
-  "${conda_python}" - "${repo_root}/ci" "${probe}" "${version}" <<'PY' \
+  "${conda_python}" - "${repo_root}/ci" "${probe}" "${version}" "${selector}" <<'PY' \
     || die "could not make the caffe-gpu probe package"
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import standin_channel as s
-s.write_package(s.Package("caffe-gpu", sys.argv[3], "a probe: caffe-gpu with no dependencies",
+s.write_package(s.Package(sys.argv[4], sys.argv[3], "a probe: a selector with no dependencies",
                           build="probe_0"), Path(sys.argv[2]))
 PY
   "${conda_python}" -m conda_index "${probe}" >/dev/null 2>&1 || die "could not index ${probe}"
-  local log="${build_root}/logs/conda-caffe-gpu-refused.log"
+  local log="${build_root}/logs/conda-${selector}-refused.log"
   if conda_offline install --dry-run -y -p "${conda_env}" -c "file://${probe}" \
-      "caffe-gpu=${version}" > "${log}" 2>&1; then
-    die "conda would install caffe-gpu beside the CPU caffe (log: ${log#"${repo_root}/"})"
+      "${selector}=${version}" > "${log}" 2>&1; then
+    die "conda would install ${selector} beside this caffe (log: ${log#"${repo_root}/"})"
   fi
-  grep -q 'caffe-gpu <0a0' "${log}" \
-    || die "conda refused caffe-gpu, but not for caffe's constraint (log: ${log#"${repo_root}/"})"
-  echo "    refused, by caffe's run_constrained: $(grep -m1 'caffe-gpu <0a0' "${log}" | sed 's/^[^a-z]*//')"
+  grep -q "${selector} <0a0" "${log}" \
+    || die "conda refused ${selector}, but not for caffe's constraint (log: ${log#"${repo_root}/"})"
+  echo "    refused, by caffe's run_constrained: $(grep -m1 "${selector} <0a0" "${log}" | sed 's/^[^a-z]*//')"
 }
 
+# The CPU run also renders every variant (CUDA ones included); a CUDA run
+# checks what it built.
 run_conda_tests() {
-  local tests_started
+  cuda_version=$1
+  local tests_started build=(--conda)
   tests_started=$(date +%s)
+  [[ "${cuda_version}" == None ]] || build+=(--cuda "${cuda_version}")
+  select_conda_dir "${cuda_version}"
   ensure_conda_tools
   if ! "${conda_env}/bin/python" -c 'import caffe, caffe_pylayer' 2>/dev/null; then
-    step "no usable build/conda/env: running ci/build --conda"
-    "${repo_root}/ci/build" --conda
+    step "no usable ${conda_env#"${repo_root}/"}: running ci/build ${build[*]}"
+    "${repo_root}/ci/build" "${build[@]}"
   fi
-  check_rendered_variants
+  [[ "${cuda_version}" != None ]] || check_rendered_variants
   check_built_packages
   run_tests_in_conda_env
-  check_gpu_selector_refused
+  check_other_selector_refused
   step_finish
   echo "all conda tests passed in $(( $(date +%s) - tests_started ))s"
 }

@@ -2,13 +2,15 @@
 # shellcheck shell=bash disable=SC2034  # the variables are for the scripts that source this
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source=ci/cuda.sh
+source "${repo_root}/ci/cuda.sh"
 # CAFFE_BUILD_ROOT: where envs and source trees go (the sid chroot's builds
 # use their own, so they never mix with the host's).
 build_root="${CAFFE_BUILD_ROOT:-${repo_root}/build}"
 cache_dir="${CAFFE_PYLAYER_CACHE:-${HOME}/.cache/caffe-pylayer}"
 tools_env="${build_root}/tools"     # jinja2, pyyaml, linters: never in the package env
 
-# Debian packages the native CPU build needs (see shared/FACTS.md for sizes).
+# Debian packages the native CPU build needs.
 apt_build_deps=(
   build-essential cmake ninja-build ccache pkg-config patch curl ca-certificates
   python3 python3-dev python3-venv
@@ -30,12 +32,6 @@ apt_experimental_deps=(libprotobuf-dev protobuf-compiler libgoogle-glog-dev libo
 
 # Python packages of the package env: what pycaffe and its tests import.
 pip_env_deps=("numpy>=2" six "protobuf>=3.21" scikit-image scipy pydot h5py pytest)
-# CUDA libraries for the CUDA flavour (nvcc 13.0 and cudart come from
-# /usr/local/cuda): cuBLAS and cuRAND of CUDA 13.0, cuDNN 9 for CUDA 13.
-cuda_wheels=(nvidia-cublas==13.0.2.14 nvidia-curand==10.4.0.35 nvidia-cudnn-cu13==9.13.1.26)
-cuda_toolkit=/usr/local/cuda
-cuda_version=13.0
-
 # --- Progress: every step prints its name and, when done, its duration.
 step_started=0
 step() {
@@ -54,50 +50,46 @@ die() {
   exit 1
 }
 
-# Variant of the build: CPU unless --cuda. Sets flavour, env_dir, src_dir.
-# CAFFE_BUILD_TAG names a separate env and source tree for a differently
-# configured build of a flavour (ci/gpu-bundle uses it).
+# Options shared by ci/build and ci/test; each prints its own usage(). Sets
+# cuda_version ("None" or a CUDA version), conda, distro, and build_args (the
+# options again, for ci/build or the sid chroot).
+parse_options() {
+  cuda_version=None
+  conda=0
+  distro=""
+  build_args=()
+  while (( $# )); do
+    case "$1" in
+      --cuda)
+        cuda_version=${cuda_versions[0]}
+        if [[ "${2:-}" =~ ^[0-9]+\.[0-9]+$ ]]; then cuda_version=$2; shift; fi
+        build_args+=(--cuda "${cuda_version}") ;;
+      --conda) conda=1; build_args+=(--conda) ;;
+      --distro) distro=${2:?--distro needs a name (sid)}; shift ;;
+      -h|--help) usage; exit 0 ;;
+      *) usage >&2; die "unknown option: $1" ;;
+    esac
+    shift
+  done
+}
+
+# Variant of the build: CPU, or CUDA of a version. Sets flavour, env_dir,
+# src_dir. CAFFE_BUILD_TAG names a separate env and source tree for a
+# differently configured build of a flavour (ci/gpu-bundle uses it).
 select_flavour() {
-  local cuda=$1
-  if [[ "${cuda}" == 1 ]]; then
-    flavour=cuda
-    env_dir="${build_root}/env-cuda"
-  else
+  local cuda_version=$1
+  if [[ "${cuda_version}" == None ]]; then
     flavour=cpu
     env_dir="${build_root}/env"
+  else
+    flavour="cuda-${cuda_version}"
+    env_dir="${build_root}/env-${flavour}"
   fi
   src_dir="${build_root}/src-${flavour}"
   if [[ -n "${CAFFE_BUILD_TAG:-}" ]]; then
     env_dir="${build_root}/env-${CAFFE_BUILD_TAG}"
     src_dir="${build_root}/src-${CAFFE_BUILD_TAG}"
   fi
-}
-
-# One CUDA toolkit root for Caffe's FindCUDA-era CMake: nvcc and cudart from
-# the toolkit, cuBLAS/cuRAND/cuDNN headers and libraries from the wheels in
-# the env, plus the unversioned .so names the linker needs (wheels ship only
-# libcublas.so.13 and the like).
-make_cuda_root() {
-  local site_packages=$1 root=$2
-  rm -rf "${root}"
-  mkdir -p "${root}/include" "${root}/lib64"
-  ln -s "${cuda_toolkit}/bin" "${cuda_toolkit}/nvvm" "${cuda_toolkit}/targets" "${root}/"
-  local dir entry
-  for dir in "${cuda_toolkit}/include" "${site_packages}"/nvidia/{cu13,cudnn}/include; do
-    for entry in "${dir}"/*; do
-      [[ -e "${root}/include/${entry##*/}" ]] || ln -s "${entry}" "${root}/include/"
-    done
-  done
-  for dir in "${cuda_toolkit}/lib64" "${site_packages}"/nvidia/{cu13,cudnn}/lib; do
-    for entry in "${dir}"/*; do
-      [[ -e "${root}/lib64/${entry##*/}" ]] || ln -s "${entry}" "${root}/lib64/"
-    done
-  done
-  for entry in "${root}"/lib64/lib*.so.*; do
-    [[ -e "${entry%%.so.*}.so" ]] || ln -s "${entry##*/}" "${entry%%.so.*}.so"
-  done
-  [[ -e "${root}/include/cublas_v2.h" && -e "${root}/include/cudnn.h" && -e "${root}/lib64/libcudnn.so" ]] \
-    || die "incomplete CUDA root ${root}: cuBLAS or cuDNN missing from ${site_packages}/nvidia"
 }
 
 # Install missing Debian packages; a no-op when all are present.
@@ -129,7 +121,7 @@ apt_install_experimental() {
 }
 
 # A Debian sid chroot at build/sid-root with experimental enabled, from the
-# mirror apt uses here; made once, reused after.
+# mirror apt uses; made once, reused after.
 sid_root="${repo_root}/build/sid-root"
 ensure_sid_chroot() {
   local mirror
@@ -348,24 +340,44 @@ ensure_conda_tools() {
   fi
 }
 
-# The local channel standing in for conda-forge (ci/standin_channel.py), indexed.
+# What ci/build --conda builds and installs and ci/test --conda tests, for
+# one flavour: build/conda (CPU) or build/conda-cuda-V. Sets conda_dir, conda_env.
+select_conda_dir() {
+  local cuda_version=$1
+  conda_dir="${build_root}/conda"
+  if [[ "${cuda_version}" != None ]]; then
+    conda_dir="${build_root}/conda-cuda-${cuda_version}"
+    # __cuda is a virtual package conda reads from the driver: on a machine
+    # without one, say which CUDA the env is for.
+    export CONDA_OVERRIDE_CUDA="${cuda_version}"
+  fi
+  conda_env="${conda_dir}/env"
+}
+
+# The local channel standing in for conda-forge (ci/standin_channel.py),
+# indexed; with a CUDA version, its CUDA packages are made from the pinned
+# wheels (ci/cuda-V.txt) and conda-forge's cuda-nvcc activation.
 make_standin_channel() {
-  local channel=$1
-  step "stand-in channel for conda-forge (build/conda/standins)"
+  local channel=$1 cuda_version=$2 cuda_args=()
+  step "stand-in channel for conda-forge (${channel#"${repo_root}/"})"
   [[ -n "${CONDA_FORGE_ACTIVATION:-}" ]] \
     || die "CONDA_FORGE_ACTIVATION is not set: the folder with conda-forge's activate-gcc.sh"
   apt_install "${apt_build_deps[@]}" binutils
   ensure_tools_env
+  if [[ "${cuda_version}" != None ]]; then
+    [[ -n "${CONDA_FORGE_CUDA_NVCC:-}" ]] \
+      || die "CONDA_FORGE_CUDA_NVCC is not set: the folder of conda-forge's cuda-nvcc recipe (activate.sh)"
+    local cuda_env="${conda_dir}/cuda-wheels"
+    install_cuda_wheels "${cuda_version}" "${cuda_env}"
+    cuda_args=(--cuda "${cuda_version}" --cuda-nvcc-recipe "${CONDA_FORGE_CUDA_NVCC}"
+               --cuda-wheels "$("${cuda_env}/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')")
+  fi
   "${conda_python}" "${repo_root}/ci/standin_channel.py" "${channel}" \
     --activation "${CONDA_FORGE_ACTIVATION}" --wheels "${cache_dir}/wheels" \
-    --python "${tools_env}/bin/python" || die "could not make the stand-in channel"
+    --python "${tools_env}/bin/python" "${cuda_args[@]}" || die "could not make the stand-in channel"
   "${conda_python}" -m conda_index "${channel}" >/dev/null 2>&1 \
     || die "could not index the stand-in channel ${channel}"
 }
-
-# What ci/build --conda installs and ci/test --conda tests.
-conda_dir="${build_root}/conda"
-conda_env="${conda_dir}/env"
 
 # The real conda client, offline, on the built packages and the stand-in
 # channel (further -c options may follow in the arguments).
@@ -389,7 +401,7 @@ run_conda() {
 }
 
 install_conda_env() {
-  step "conda create -p build/conda/env caffe-pylayer (the real conda client)"
+  step "conda create -p ${conda_env#"${repo_root}/"} caffe-pylayer (the real conda client)"
   ensure_conda_tools
   rm -rf "${conda_env}"
   run_conda "install caffe-pylayer" create -y -p "${conda_env}" caffe-pylayer || exit 1

@@ -10,6 +10,7 @@ rendered by conda-build's own renderer (ci/conda_pinning.py, ci/test --conda).
 
     recipe.py source             URLs, sha256 and patches, one per line
     recipe.py render [KEY=VALUE] the rendered meta.yaml of one variant
+    recipe.py patches            each patch's number, upstream status and subject
 """
 from __future__ import annotations
 
@@ -63,6 +64,13 @@ def _compiler():
     return compiler
 
 
+def _load_file_data(path: Path) -> dict:
+    """conda-build's load_file_data, for the formats the recipe reads (TOML)."""
+    import tomllib
+    with open(path, "rb") as f:
+        return tomllib.load(f)
+
+
 def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
     """Render meta.yaml for one variant and parse it."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -86,6 +94,8 @@ def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
         PY_VER=variant.get("python", "3.11"),
         PKG_HASH="1234567",
         RECIPE_DIR=str(recipe_dir),
+        load_file_data=lambda path, from_recipe_dir=False, **kw: _load_file_data(
+            recipe_dir / path if from_recipe_dir else Path(path)),
     )
     template = env.from_string((recipe_dir / "meta.yaml").read_text())
     # A first pass finds the version and build strings for pin_subpackage, as
@@ -94,6 +104,25 @@ def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
     first_pass["version"] = str(first["package"]["version"])
     first_pass["strings"] = {o["name"]: o["build"]["string"] for o in first.get("outputs", [])}
     return yaml.safe_load(apply_selectors(template.render(**context), variant))
+
+
+def upstream_status(patch: Path) -> str:
+    """The Upstream-Status line of a patch's message, the one home of that fact."""
+    message = patch.read_text().partition("\n---\n")[0]
+    found = re.findall(r"^Upstream-Status: (.+)$", message, re.M)
+    if len(found) != 1:
+        raise ValueError(f"{patch.name}: {len(found)} Upstream-Status lines in its message, not one")
+    return found[0].strip()
+
+
+def patch_lines(meta: dict, recipe_dir: Path = RECIPE_DIR) -> list[str]:
+    lines = []
+    for name in meta["source"][0]["patches"]:
+        path = recipe_dir / name
+        subject = re.search(r"^Subject: \[PATCH[^]]*\] (.+(?:\n .+)*)", path.read_text(), re.M).group(1)
+        subject = " ".join(subject.split())  # a long subject folds onto further lines
+        lines.append(f"{path.name[:4]}  {upstream_status(path):42}  {subject}")
+    return lines
 
 
 def source_lines(meta: dict) -> list[str]:
@@ -118,6 +147,8 @@ def main(argv: list[str]) -> int:
     command, rest = argv[0], argv[1:]
     if command == "source":
         print("\n".join(source_lines(render(DEFAULT_VARIANT))))
+    elif command == "patches":
+        print("\n".join(patch_lines(render(DEFAULT_VARIANT))))
     elif command == "render":
         chosen = {**DEFAULT_VARIANT, **_parse_overrides(rest)}
         print(yaml.safe_dump(render(chosen), sort_keys=False))

@@ -330,6 +330,114 @@ def toolchain_packages(activation: Path) -> list[Package]:
     ]
 
 
+TARGETS = "targets/x86_64-linux"  # where conda-forge's CUDA packages keep headers and libraries
+
+
+def wheel_files(site: Path, distribution: str) -> tuple[str, dict[str, str]]:
+    """A wheel's version and files (from its RECORD), keyed by their path in
+    its nvidia/<folder>/ (bin/nvcc, include/cublas.h, lib/libcublas.so.13)."""
+    infos = sorted(site.glob(f"{distribution}-*.dist-info"))
+    if not infos:
+        raise StandInError(f"wheel {distribution} is not installed in {site}")
+    version = infos[0].name[len(distribution) + 1:-len(".dist-info")]
+    files = {}
+    for row in (infos[0] / "RECORD").read_text().splitlines():
+        path = row.split(",")[0]
+        parts = path.split("/", 2)
+        if (len(parts) == 3 and parts[0] == "nvidia" and "__pycache__" not in path
+                and not path.endswith("__init__.py") and not parts[2].startswith(".metadata")):
+            files[parts[2]] = str(site / path)
+    return version, files
+
+
+def library_pair(name: str, runtime: str, distribution: str, site: Path, in_targets: bool,
+                 stands_for: str, depends: tuple[str, ...] = ()) -> list[Package]:
+    """A CUDA library as conda-forge splits it: the runtime package (the
+    versioned .so files in lib/, and in targets/ for the CUDA toolkit's own)
+    and the -dev package (headers, the unversioned .so, run_exports). With
+    name == runtime, one package holds both, as conda-forge's nccl does."""
+    version, files = wheel_files(site, distribution)
+    lib = f"{TARGETS}/lib" if in_targets else "lib"
+    include = f"{TARGETS}/include" if in_targets else "include"
+    runtime_links, dev_links = {}, {}
+    for path, target in files.items():
+        folder, _, rest = path.partition("/")
+        if folder == "lib" and ".so" in rest:
+            runtime_links[f"{lib}/{rest}"] = target
+            runtime_links[f"lib/{rest}"] = target
+            if ".so." in rest:
+                dev_links.setdefault(f"{lib}/{rest.split('.so.')[0]}.so", rest)
+        elif folder == "include":
+            dev_links[f"{include}/{rest}"] = target
+    if not runtime_links or not dev_links:
+        raise StandInError(f"wheel {distribution} in {site} has no libraries or no headers")
+    exports = {"weak": [pin(runtime, version, 1)]}
+    if name == runtime:
+        return [Package(name, version, f"{stands_for}: NVIDIA's wheel {distribution} {version}",
+                        build="wheel_0", depends=list(depends), run_exports=exports,
+                        links={**runtime_links, **dev_links})]
+    return [Package(runtime, version, f"{stands_for}: NVIDIA's wheel {distribution} {version}",
+                    build="wheel_0", links=runtime_links),
+            Package(name, version, f"{stands_for} headers: NVIDIA's wheel {distribution} {version}",
+                    build="wheel_0", depends=[f"{runtime} {version}", *depends],
+                    run_exports=exports, links=dev_links)]
+
+
+def cuda_packages(site: Path, cuda_version: str, nvcc_recipe: Path) -> list[Package]:
+    """conda-forge's CUDA packages from NVIDIA's wheels in site-packages: nvcc in
+    the build prefix's bin/ and nvvm/ with its headers under targets/, the
+    runtime, cuBLAS and cuRAND under targets/, cuDNN and NCCL in the prefix,
+    and cuda-nvcc_linux-64 with conda-forge's own activation script (from the
+    cuda-nvcc recipe folder, filled in with that recipe's linux-64 values)."""
+    major = cuda_version.split(".")[0]
+    cu = "_cu12" if major == "12" else ""
+    nvcc_version, nvcc_files = wheel_files(site, f"nvidia_cuda_nvcc{cu}")
+    compiler_links = {}
+    for distribution in (f"nvidia_cuda_nvcc{cu}", f"nvidia_cuda_crt{cu}", f"nvidia_nvvm{cu}"):
+        if distribution != f"nvidia_cuda_nvcc{cu}" and major == "12":
+            continue  # CUDA 12's compiler wheel holds all of it
+        for path, target in wheel_files(site, distribution)[1].items():
+            folder = path.split("/", 1)[0]
+            compiler_links[path if folder in ("bin", "nvvm") else f"{TARGETS}/{path}"] = target
+    if "bin/nvcc" not in compiler_links:
+        raise StandInError(f"NVIDIA's nvidia-cuda-nvcc{cu.replace('_', '-')} {nvcc_version} wheel has no "
+                           "nvcc: it cannot stand in for conda-forge's cuda-nvcc")
+    template = nvcc_recipe / "activate.sh"
+    config = nvcc_recipe / "conda_build_config.yaml"
+    if not template.is_file() or not config.is_file():
+        raise StandInError(f"conda-forge's cuda-nvcc recipe files not found: {template}, {config}")
+    defaults = yaml.safe_load(config.read_text())
+    fill = {"cross_target_platform": "linux-64", "arm_variant_target": "None",
+            "default_cudaarchs": defaults["DEFAULT_CUDAARCHS"][0],   # the linux-64 entries
+            "default_nvcc_gencode": defaults["DEFAULT_NVCC_GENCODE"][0]}
+    activation = re.sub(r"@([a-z_]+)@", lambda m: fill.get(m.group(1), m.group(0)), template.read_text())
+    if re.search(r"@[a-z_]+@", activation):
+        raise StandInError(f"{template}: a template value is left unfilled")
+    next_major = f"{int(major) + 1}"
+    return [
+        Package("cuda-version", cuda_version, f"conda-forge's cuda-version {cuda_version}", build="wheel_0"),
+        Package("cuda-nvcc-impl", nvcc_version, f"nvcc, ptxas, cicc and their headers: NVIDIA's "
+                f"CUDA {cuda_version} compiler wheels", build="wheel_0", links=compiler_links),
+        Package("cuda-nvcc_linux-64", nvcc_version, "conda-forge's nvcc activation over NVIDIA's "
+                "compiler wheels", build="wheel_0",
+                depends=[f"cuda-nvcc-impl {nvcc_version}", f"cuda-cudart-dev {cuda_version}.*",
+                         f"cuda-version {cuda_version}"],
+                run_exports={"strong": [f"cuda-version >={cuda_version},<{next_major}"]},
+                files={"etc/conda/activate.d/~cuda-nvcc_activate.sh": activation.encode()}),
+        *library_pair("cuda-cudart-dev", "cuda-cudart", f"nvidia_cuda_runtime{cu}", site, True,
+                      "the CUDA runtime", depends=("cuda-cccl",)),
+        # CCCL (thrust, CUB, libcu++) is headers only: conda-forge's cuda-cccl.
+        Package("cuda-cccl", wheel_files(site, f"nvidia_cuda_cccl{cu}")[0], "CCCL headers: NVIDIA's "
+                "CCCL wheel", build="wheel_0",
+                links={f"{TARGETS}/{p}": t for p, t in wheel_files(site, f"nvidia_cuda_cccl{cu}")[1].items()
+                       if p.startswith("include/")}),
+        *library_pair("libcublas-dev", "libcublas", f"nvidia_cublas{cu}", site, True, "cuBLAS"),
+        *library_pair("libcurand-dev", "libcurand", f"nvidia_curand{cu}", site, True, "cuRAND"),
+        *library_pair("libcudnn-dev", "libcudnn", f"nvidia_cudnn_cu{major}", site, False, "cuDNN"),
+        *library_pair("nccl", "nccl", f"nvidia_nccl_cu{major}", site, False, "NCCL"),
+    ]
+
+
 def conda_name(pypi_name: str) -> str:
     return re.sub(r"[-_.]+", "-", pypi_name).lower()
 
@@ -457,7 +565,7 @@ def patch_cblas(channel_work: Path, package: Package) -> None:
     package.copies["lib/libcblas.so.3"] = copy
 
 
-def variant_overrides(packages: list[Package]) -> dict:
+def variant_overrides(packages: list[Package], cuda_version: str) -> dict:
     """Pins for conda-build -m: the versions this channel holds."""
     by_name = {p.name: p for p in packages}
     xy = x_y(by_name["python"].version, 2)
@@ -465,7 +573,7 @@ def variant_overrides(packages: list[Package]) -> dict:
     return {
         # one zip group of the pinning: every member, one value each
         "c_compiler_version": [gcc], "cxx_compiler_version": [gcc], "fortran_compiler_version": [gcc],
-        "c_stdlib_version": [by_name["sysroot_linux-64"].version], "cuda_compiler_version": ["None"],
+        "c_stdlib_version": [by_name["sysroot_linux-64"].version], "cuda_compiler_version": [cuda_version],
         "python": [f"{xy}.* *_cpython"], "is_python_min": ["true" if xy == "3.10" else "false"],
         "numpy": [by_name["numpy"].version.split(".")[0]],
         "libboost_devel": [x_y(by_name["libboost-devel"].version, 2)],
@@ -485,7 +593,14 @@ def main() -> int:
                         help="folder with conda-forge's activate-gcc.sh and activate-g++.sh")
     parser.add_argument("--wheels", type=Path, required=True, help="download cache for PyPI wheels")
     parser.add_argument("--python", default="/usr/bin/python3", help="Debian's interpreter")
+    parser.add_argument("--cuda", metavar="VERSION", help="also CUDA packages of this version")
+    parser.add_argument("--cuda-wheels", type=Path, metavar="SITE_PACKAGES",
+                        help="site-packages holding NVIDIA's wheels of that CUDA version")
+    parser.add_argument("--cuda-nvcc-recipe", type=Path, metavar="DIR",
+                        help="conda-forge's cuda-nvcc recipe folder (activate.sh, conda_build_config.yaml)")
     args = parser.parse_args()
+    if args.cuda and not (args.cuda_wheels and args.cuda_nvcc_recipe):
+        parser.error("--cuda needs --cuda-wheels and --cuda-nvcc-recipe")
     try:
         python_version = subprocess.run(
             [args.python, "-c", "import platform; print(platform.python_version())"],
@@ -501,6 +616,8 @@ def main() -> int:
         work.mkdir(parents=True)
         packages = [*library_packages(python_version), *python_packages(python_version),
                     *toolchain_packages(args.activation)]
+        if args.cuda:
+            packages += cuda_packages(args.cuda_wheels, args.cuda, args.cuda_nvcc_recipe)
         patch_cblas(work, next(p for p in packages if p.name == "libcblas"))
         wanted = {conda_name(Requirement(w).name) for w in WHEELS}
         wheels = {}
@@ -517,7 +634,7 @@ def main() -> int:
         (args.channel / "noarch").mkdir(exist_ok=True)
         (args.channel / "variant-overrides.yaml").write_text(
             "# conda-build -m file: the versions the stand-in channel holds\n"
-            + yaml.safe_dump(variant_overrides(packages), sort_keys=False))
+            + yaml.safe_dump(variant_overrides(packages, args.cuda or "None"), sort_keys=False))
         print(f"    {len(packages)} stand-in packages in {args.channel}")
     except StandInError as error:
         print(f"standin_channel.py: {error}", file=sys.stderr)

@@ -5,7 +5,8 @@
 # exports the same variables to run it natively (a venv plays $PREFIX):
 #   PREFIX SRC_DIR PYTHON SP_DIR CPU_COUNT CMAKE_ARGS   (always)
 #   cuda_compiler_version   "None" or unset: CPU flavour; "12.9", "13.0": CUDA flavour
-#   CUDA_HOME               CUDA toolkit root when it is not in $PREFIX (native build)
+#   CUDA_HOME               CUDA toolkit root, NCCL included, when it is not in
+#                           $PREFIX (native build: ci/build makes one from wheels)
 # and optionally, to build fewer GPU architectures than the defaults below:
 #   CAFFE_CUDA_ARCH_BIN     CUDA architectures, space-separated ("90")
 #   CAFFE_CUDA_ARCH_PTX     architecture to also embed as PTX ("" for none)
@@ -50,37 +51,45 @@ if [[ -e "${PREFIX}/lib/libcblas.so" ]]; then
   cmake_args+=(-DOpenBLAS_LIB="${PREFIX}/lib/libcblas.so" -DOpenBLAS_INCLUDE_DIR="${PREFIX}/include")
 fi
 
-# --- Flavour: CPU, or CUDA with cuDNN. GPU architectures follow the CUDA
-# version: native code for every generation it supports that conda-forge
-# builds for, and PTX for the newest, which later GPUs JIT-compile.
+# --- Flavour: CPU, or CUDA with cuDNN and NCCL. GPU architectures follow the
+# CUDA version: native code for every generation it supports that conda-forge
+# builds for (Blackwell's sm_100 and sm_120 included), and PTX for the newest,
+# which later GPUs JIT-compile.
 if [[ -z "${cuda_compiler_version:-}" || "${cuda_compiler_version}" == "None" ]]; then
   echo "build-caffe.sh: CPU flavour"
   cmake_args+=(-DCPU_ONLY=ON)
 else
   case "${cuda_compiler_version}" in
-    12.*) default_arch_bin="50 60 70 75 80 86 89 90" default_arch_ptx="90" ;;
-    13.*) default_arch_bin="75 80 86 89 90" default_arch_ptx="90" ;;  # CUDA 13 dropped sm_50-72
+    # CUDA 12.9 is the last to build for Maxwell to Volta (sm_50-72).
+    12.*) default_arch_bin="50 60 70 75 80 86 89 90 100 120" default_arch_ptx="120" ;;
+    13.*) default_arch_bin="75 80 86 89 90 100 120" default_arch_ptx="120" ;;
     *) echo "build-caffe.sh: no GPU architecture list for CUDA ${cuda_compiler_version}" >&2; exit 1 ;;
   esac
   arch_bin="${CAFFE_CUDA_ARCH_BIN-${default_arch_bin}}"
   arch_ptx="${CAFFE_CUDA_ARCH_PTX-${default_arch_ptx}}"
   echo "build-caffe.sh: CUDA ${cuda_compiler_version} flavour, sm ${arch_bin}, PTX ${arch_ptx:-none}"
+  # Native builds name one toolkit root (CUDA_HOME) holding NCCL too;
+  # conda-forge's layout has nvcc in the build prefix, CUDA's headers and
+  # libraries under targets/ of the host prefix, NCCL in the host prefix. Its
+  # activation sets no CUDA_HOME, and without a root FindCUDA quietly gives a
+  # CPU-only build.
+  if [[ -n "${CUDA_HOME:-}" ]]; then
+    cuda_root="${CUDA_HOME}" nvcc="${CUDA_HOME}/bin/nvcc" nccl_root="${CUDA_HOME}"
+  else
+    cuda_root="${PREFIX}/targets/x86_64-linux" nvcc="${BUILD_PREFIX}/bin/nvcc" nccl_root="${PREFIX}"
+  fi
   cmake_args+=(
     -DCPU_ONLY=OFF
     -DUSE_CUDNN=ON
+    -DUSE_NCCL=ON                   # caffe train -gpu 0,1 and pycaffe's NCCL (train.py)
+    -DNCCL_INCLUDE_DIR="${nccl_root}/include"
+    -DNCCL_LIBRARIES="${nccl_root}/lib/libnccl.so"
     -DCUDA_ARCH_NAME=Manual         # the "Auto" default probes a GPU at build time
     -DCUDA_ARCH_BIN="${arch_bin}"
     -DCUDA_ARCH_PTX="${arch_ptx}"
+    -DCUDA_TOOLKIT_ROOT_DIR="${cuda_root}"
+    -DCUDA_NVCC_EXECUTABLE="${nvcc}"
   )
-  if [[ -n "${CUDA_HOME:-}" ]]; then
-    cmake_args+=(-DCUDA_TOOLKIT_ROOT_DIR="${CUDA_HOME}")
-  elif [[ -d "${PREFIX}/targets/x86_64-linux" ]]; then
-    # conda-forge's CUDA layout: nvcc in the build prefix, headers and
-    # libraries under targets/ of the host prefix; its activation sets no
-    # CUDA_HOME, and without a root FindCUDA quietly gives a CPU-only build.
-    cmake_args+=(-DCUDA_TOOLKIT_ROOT_DIR="${PREFIX}/targets/x86_64-linux"
-                 -DCUDA_NVCC_EXECUTABLE="${BUILD_PREFIX}/bin/nvcc")
-  fi
 fi
 
 # --- Configure, build, install. CMAKE_ARGS (conda-build's toolchain settings,
@@ -90,9 +99,21 @@ cmake -S "${SRC_DIR}" -B "${build_dir}" "${cmake_args[@]}" ${CMAKE_ARGS:-}
 cmake --build "${build_dir}" --parallel "${CPU_COUNT:-2}"
 cmake --install "${build_dir}"
 
+# --- The GPU code the library carries, for users and for the test that
+# reads libcaffe's fatbinaries back (tests/test_caffe_build.py).
+if [[ -n "${arch_bin:-}" ]]; then
+  { for arch in ${arch_bin}; do echo "sm_${arch}"; done
+    for arch in ${arch_ptx}; do echo "compute_${arch}"; done
+  } > "${PREFIX}/share/caffe/cuda-architectures.txt"
+fi
+
 # --- The example scripts as commands, as conda-forge's caffe 1.0 shipped
-# them (classify, detect, draw_net), run by the env's own Python.
+# them (classify, detect, draw_net), run by the env's own Python...
 for tool in classify detect draw_net; do
   { echo "#!${PYTHON}"; tail -n +2 "${PREFIX}/share/caffe/python/${tool}.py"; } > "${PREFIX}/bin/${tool}"
   chmod 755 "${PREFIX}/bin/${tool}"
 done
+# ...and upstream's multi-process launcher (python/train.py), the way to train
+# nets with Python layers on several GPUs (the caffe tool refuses them).
+{ echo "#!${PYTHON}"; tail -n +2 "${PREFIX}/share/caffe/python/train.py"; } > "${PREFIX}/bin/caffe-train"
+chmod 755 "${PREFIX}/bin/caffe-train"

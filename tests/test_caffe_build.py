@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import caffe
+import fatbin
 from conftest import LAYERS_DIR, run_caffe_tool
 
 PROBE_NET = """
@@ -124,6 +125,17 @@ def test_libcaffe_links_cuda_exactly_when_the_flavour_is_cuda():
     cuda = os.environ["CAFFE_EXPECT_CUDA"] not in ("", "None")
     for library in ("libcudart.so", "libcublas.so", "libcurand.so", "libcudnn.so"):
         assert (library in linked.stdout) == cuda, f"{library} in ldd of {libcaffe}:\n{linked.stdout}"
+
+
+@pytest.mark.skipif(os.environ.get("CAFFE_EXPECT_CUDA", "None") in ("", "None"),
+                    reason="a CPU build carries no GPU code")
+def test_libcaffe_carries_the_gpu_code_the_build_asked_for():
+    # build-caffe.sh writes the architectures it asked nvcc for; the library's
+    # fat binaries must hold exactly those: machine code for each sm_XX, PTX
+    # for each compute_XX (what cuobjdump --list-elf / --list-ptx show).
+    asked = (Path(sys.prefix) / "share" / "caffe" / "cuda-architectures.txt").read_text().split()
+    assert any(arch.startswith("sm_") for arch in asked), asked
+    assert fatbin.architectures(Path(sys.prefix) / "lib" / "libcaffe.so") == set(asked)
 
 
 def test_legacy_layers_read_param_str_underscore(write_file, monkeypatch):

@@ -25,10 +25,13 @@ class EuclideanLossLayer(PythonLayer):
     num_bottoms = 2
     num_tops = 1
     param_defaults: dict[str, Any] = {}
+    # Its reshape depends on the bottoms' shapes alone: this package's Caffe
+    # then calls it only when they change, not before every forward pass.
+    reshape_when_shapes_change = True
 
     def setup(self, bottom: Sequence[Any], top: Sequence[Any]) -> None:
         super().setup(bottom, top)
-        self.diff = np.empty(0, dtype=np.float32)
+        self.diff = np.empty(0, dtype=np.float32)  # a - b, kept for backward
         self.diff_gpu: Any = None  # a CuPy buffer, made by the first forward_gpu
         self.num = 1
         self.inv_num = np.float32(1)
@@ -47,24 +50,34 @@ class EuclideanLossLayer(PythonLayer):
             raise self.config_error(f"bottoms are empty: {tuple(a.shape)}")
         self.num = a.num
         self.inv_num = np.float32(1.0 / a.num)  # multiply, not divide, per call
-        if self.diff.size != a.count:  # reuse the buffer while the size holds
-            self.diff = np.empty(a.count, dtype=np.float32)
+        self.half_inv_num = np.float32(0.5 / a.num)
+        # a - b in a's shape, with views of it flat and in b's shape made once
+        # here rather than at every call.
+        a_shape, b_shape = tuple(a.shape), tuple(b.shape)
+        if self.diff.shape != a_shape:
+            self.diff = np.empty(a_shape, dtype=np.float32)
+        self.diff_flat = self.diff.reshape(-1)
+        self.diff_as_b = self.diff.reshape(b_shape)
+        self.b_shape = None if b_shape == a_shape else a_shape  # reshape b to a's shape?
         top[0].reshape()  # no axes: a scalar, as built-in losses
 
     def forward(self, bottom: Sequence[Any], top: Sequence[Any]) -> None:
-        diff = self.diff
-        np.subtract(bottom[0].data.reshape(-1), bottom[1].data.reshape(-1), out=diff)
+        b = bottom[1].data
+        if self.b_shape is not None:
+            b = b.reshape(self.b_shape)
+        np.subtract(bottom[0].data, b, out=self.diff)
         # np.dot of two float32 vectors is BLAS sdot, as Caffe's caffe_cpu_dot.
-        top[0].data[...] = np.dot(diff, diff) * self.inv_num * np.float32(0.5)
+        flat = self.diff_flat
+        top[0].data[...] = np.dot(flat, flat) * self.half_inv_num
 
     def backward(self, top: Sequence[Any], propagate_down: Sequence[bool],
                  bottom: Sequence[Any]) -> None:
         # One pass per bottom: the diff kept from forward times ±top_diff / N.
         scale = top[0].diff * self.inv_num
         if propagate_down[0]:
-            np.multiply(self.diff, scale, out=bottom[0].diff.reshape(-1))
+            np.multiply(self.diff, scale, out=bottom[0].diff)
         if propagate_down[1]:
-            np.multiply(self.diff, -scale, out=bottom[1].diff.reshape(-1))
+            np.multiply(self.diff_as_b, -scale, out=bottom[1].diff)
 
     def forward_gpu(self, bottom: Sequence[Any], top: Sequence[Any]) -> None:
         cupy = gpu.cupy_or_none(self.describe())

@@ -1,0 +1,73 @@
+# The CUDA toolkit of the native CUDA build, made from NVIDIA's wheels alone
+# (ci/cuda-<version>.txt pins each one by version and sha256). Source it; it
+# runs nothing by itself. Needs ci/lib.sh (die, make_venv).
+# shellcheck shell=bash disable=SC2154  # repo_root comes from ci/lib.sh
+
+cuda_versions=(13.0 12.9)   # the first is what --cuda alone builds
+
+# The wheels of one CUDA version into a venv, each checked against its hash.
+install_cuda_wheels() {
+  local version=$1 env=$2
+  local requirements="${repo_root}/ci/cuda-${version}.txt"
+  [[ -f "${requirements}" ]] || die "no CUDA ${version} wheel list (ci/cuda-${version}.txt); versions: ${cuda_versions[*]}"
+  make_venv "${env}" --require-hashes --no-deps -r "${requirements}"
+}
+
+# One toolkit root for Caffe's FindCUDA-era CMake, laid out as NVIDIA's
+# installer does: bin/ (a copy, so that nvcc.profile finds the rest beside
+# it), nvvm/, include/ and lib/ merged from every nvidia/* wheel folder,
+# targets/x86_64-linux pointing back at them, and the unversioned .so names
+# the linker needs (the wheels ship only libcublas.so.13 and the like).
+make_cuda_root() {
+  local version=$1 site_packages=$2 root=$3
+  local wheels=("${site_packages}"/nvidia/*/)
+  rm -rf "${root}"
+  mkdir -p "${root}/include" "${root}/lib" "${root}/targets/x86_64-linux"
+  local wheel entry kind
+  for wheel in "${wheels[@]}"; do
+    [[ -x "${wheel}bin/nvcc" ]] && cp -a "${wheel}bin" "${root}/bin"
+    [[ -x "${wheel}nvvm/bin/cicc" ]] && ln -s "${wheel}nvvm" "${root}/nvvm"
+    for entry in "${wheel}"include/* "${wheel}"lib/*; do
+      case "${entry##*/}" in __init__.py|__pycache__|'*') continue ;; esac
+      kind=${entry%/*}
+      kind=${kind##*/}   # include or lib
+      [[ -e "${root}/${kind}/${entry##*/}" ]] || ln -s "${entry}" "${root}/${kind}/"
+    done
+  done
+  ln -s lib "${root}/lib64"
+  ln -s ../../include ../../lib "${root}/targets/x86_64-linux/"
+  for entry in "${root}"/lib/lib*.so.*; do
+    [[ -e "${entry%%.so.*}.so" ]] || ln -s "${entry##*/}" "${entry%%.so.*}.so"
+  done
+  check_cuda_root "${version}" "${root}"
+}
+
+# Everything the build uses must be in the root before compiling starts.
+check_cuda_root() {
+  local version=$1 root=$2 missing=() path
+  for path in bin/nvcc bin/fatbinary bin/nvlink nvvm/bin/cicc \
+              include/cuda_runtime.h include/cublas_v2.h \
+              include/curand.h include/cudnn.h include/nccl.h \
+              lib/libcudart.so lib/libcublas.so lib/libcurand.so lib/libcudnn.so lib/libnccl.so; do
+    [[ -e "${root}/${path}" ]] || missing+=("${path}")
+  done
+  (( ${#missing[@]} == 0 )) || die "the CUDA ${version} wheels (ci/cuda-${version}.txt) lack ${missing[*]}"
+  local version_found
+  version_found=$("${root}/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')
+  [[ "${version_found}" == "${version}" ]] || die "nvcc in ${root} is CUDA ${version_found:-?}, not ${version}"
+}
+
+# nvcc refuses host compilers newer than it knows (crt/host_config.h): find
+# out now, with nvcc's own message, rather than at the first .cu file.
+check_host_compiler() {
+  local root=$1 cxx=${2:-c++} probe
+  probe=$(mktemp -d)
+  echo '__global__ void probe() {}' > "${probe}/probe.cu"
+  if ! "${root}/bin/nvcc" -ccbin "${cxx}" -c "${probe}/probe.cu" -o "${probe}/probe.o" \
+       > "${probe}/log" 2>&1; then
+    cat "${probe}/log" >&2
+    rm -rf "${probe}"
+    die "nvcc $("${root}/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p') rejects the host compiler $("${cxx}" --version | head -n 1)"
+  fi
+  rm -rf "${probe}"
+}
