@@ -3,12 +3,12 @@
 
 Reads recipe/meta.yaml's source section (ci/recipe.py) and checks: the source
 is the tarball the native build verified, every URL names the same file; the
-patch list is patches/ in order, each line's comment equal to the patch header's
-Upstream-Status,
-and every patch applies with no fuzz in that order; the extra sources exist;
-caffe-pylayer's license file is the project's. The same checks run on the
-self-contained folder of ci/export-recipe. The variants and outputs are
-checked with conda-build's own renderer (ci/conda_pinning.py).
+patch list is patches/ in order, each line's comment equal to the patch
+header's Upstream-Status, and every patch applies with no fuzz in that order;
+the extra sources exist; caffe-pylayer's license file is the project's and its
+version pylayers/pyproject.toml's. The same checks run on the self-contained
+folder of ci/export-recipe. The variants and outputs are checked with
+conda-build's own renderer (ci/conda_pinning.py).
 
     check_recipe.py [--recipe DIR] [--verified FILE] [--tarball FILE]
 """
@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,6 +81,13 @@ def check_recipe(recipe_dir: Path, verified_sha256: str | None, tarball: Path | 
     pylayer_license = recipe_dir / meta["source"][1]["path"] / "LICENSE"
     check(pylayer_license.read_text() == (REPO / "LICENSE").read_text(),
           f"{pylayer_license} is not the project's LICENSE")
+    # The pylayers version is pyproject.toml's. meta.yaml repeats it: reading the
+    # file from Jinja (load_file_data) makes conda-build fetch the source to render.
+    pyproject = tomllib.loads((recipe_dir / meta["source"][1]["path"] / "pyproject.toml").read_text())
+    output = next(o for o in meta["outputs"] if o["name"] == "caffe-pylayer")
+    check(str(output["version"]) == pyproject["project"]["version"],
+          f"meta.yaml builds caffe-pylayer {output['version']}, pylayers/pyproject.toml says "
+          f"{pyproject['project']['version']}")
     patches = check_patch_list(recipe_dir, meta, tarball)
     return f"source {names.pop()}, {patches} patches"
 

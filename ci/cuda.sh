@@ -51,6 +51,10 @@ check_cuda_root() {
               lib/libcudart.so lib/libcublas.so lib/libcurand.so lib/libcudnn.so lib/libnccl.so; do
     [[ -e "${root}/${path}" ]] || missing+=("${path}")
   done
+  if [[ ! -e "${root}/bin/nvcc" ]]; then
+    die "no nvcc in the CUDA ${version} wheels (ci/cuda-${version}.txt): their compiler wheel" \
+        "has no nvcc driver, so CUDA ${version} cannot be built from wheels alone (missing: ${missing[*]})"
+  fi
   (( ${#missing[@]} == 0 )) || die "the CUDA ${version} wheels (ci/cuda-${version}.txt) lack ${missing[*]}"
   local version_found
   version_found=$("${root}/bin/nvcc" --version | sed -n 's/.*release \([0-9.]*\),.*/\1/p')

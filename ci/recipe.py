@@ -64,13 +64,6 @@ def _compiler():
     return compiler
 
 
-def _load_file_data(path: Path) -> dict:
-    """conda-build's load_file_data, for the formats the recipe reads (TOML)."""
-    import tomllib
-    with open(path, "rb") as f:
-        return tomllib.load(f)
-
-
 def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
     """Render meta.yaml for one variant and parse it."""
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
@@ -94,8 +87,6 @@ def render(variant: dict[str, str], recipe_dir: Path = RECIPE_DIR) -> dict:
         PY_VER=variant.get("python", "3.11"),
         PKG_HASH="1234567",
         RECIPE_DIR=str(recipe_dir),
-        load_file_data=lambda path, from_recipe_dir=False, **kw: _load_file_data(
-            recipe_dir / path if from_recipe_dir else Path(path)),
     )
     template = env.from_string((recipe_dir / "meta.yaml").read_text())
     # A first pass finds the version and build strings for pin_subpackage, as

@@ -10,7 +10,7 @@ import pytest
 
 import caffe
 from conftest import gpu_count, requires_gpu, run_caffe_tool
-from test_training import REGRESSION_NET, SOLVER, regression_data
+from test_training import hdf5_regression_solver
 
 CAFFE_TRAIN = Path(sys.executable).parent / "caffe-train"
 
@@ -21,22 +21,9 @@ def run_caffe_train(*args: str, cwd: Path) -> subprocess.CompletedProcess:
                           text=True, timeout=600)
 
 
-def python_loss_solver(write_file, tmp_path, mode="CPU") -> Path:
-    h5py = pytest.importorskip("h5py", reason="the training data is written with h5py")
-    x, y = regression_data()
-    with h5py.File(tmp_path / "data.h5", "w") as f:
-        f["x"], f["y"] = x, y
-    sources = write_file("sources.txt", f"{tmp_path / 'data.h5'}\n")
-    net = write_file("net.prototxt", REGRESSION_NET.format(
-        data_type="HDF5Data",
-        data_param=f'hdf5_data_param {{ source: "{sources}" batch_size: 64 }}'))
-    solver = SOLVER.format(net=net, iters=300, prefix=tmp_path / "snap")
-    return write_file("solver.prototxt", solver.replace("solver_mode: CPU", f"solver_mode: {mode}"))
-
-
 def test_caffe_tool_refuses_python_layers_on_several_gpus(write_file, tmp_path):
     # Refused before any GPU is touched, so this holds on any machine.
-    solver = python_loss_solver(write_file, tmp_path)
+    solver = hdf5_regression_solver(write_file, tmp_path)
     result = run_caffe_tool("train", "-solver", str(solver), "-gpu", "0,1", cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     assert "cannot run Python layers on several GPUs" in result.stderr
@@ -58,7 +45,7 @@ def test_caffe_train_rejects_gpus_that_are_not_numbers(tmp_path):
 
 @pytest.mark.skipif(gpu_count() > 0, reason="a GPU is visible: the training test runs instead")
 def test_caffe_train_fails_loudly_without_a_usable_gpu(write_file, tmp_path):
-    solver = python_loss_solver(write_file, tmp_path, mode="GPU")
+    solver = hdf5_regression_solver(write_file, tmp_path, mode="GPU")
     result = run_caffe_train("--solver", str(solver), "--gpus", "0", cwd=tmp_path)
     assert result.returncode == 1, result.stderr[-2000:]
     if caffe.has_nccl():
@@ -71,7 +58,7 @@ def test_caffe_train_fails_loudly_without_a_usable_gpu(write_file, tmp_path):
 @requires_gpu()
 @pytest.mark.skipif(not caffe.has_nccl(), reason="this CUDA build has no NCCL (USE_NCCL=OFF)")
 def test_caffe_train_trains_a_python_loss_net_on_the_gpu(write_file, tmp_path):
-    solver = python_loss_solver(write_file, tmp_path, mode="GPU")
+    solver = hdf5_regression_solver(write_file, tmp_path, mode="GPU")
     result = run_caffe_train("--solver", str(solver), "--gpus", "0", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [float(v) for v in re.findall(r"Iteration \d+ .*loss = ([0-9.e+-]+)", result.stderr)]

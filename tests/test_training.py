@@ -51,9 +51,11 @@ def test_sgd_solver_trains_a_python_loss_net(write_file, tmp_path):
     assert first / last >= 10, (first, last)
 
 
-def test_caffe_train_tool_trains_with_the_installed_layer(write_file, tmp_path):
+def hdf5_regression_solver(write_file, tmp_path, mode: str = "CPU"):
+    """A solver for 300 iterations of the regression net, its data in an HDF5
+    file, as the caffe tool and caffe-train read it."""
     # Only the GPU bundle (ci/gpu-bundle) leaves h5py and Caffe's HDF5 out.
-    h5py = pytest.importorskip("h5py", reason="the caffe train test writes its data with h5py")
+    h5py = pytest.importorskip("h5py", reason="the training data is written with h5py")
     x, y = regression_data()
     with h5py.File(tmp_path / "data.h5", "w") as f:
         f["x"], f["y"] = x, y
@@ -61,8 +63,12 @@ def test_caffe_train_tool_trains_with_the_installed_layer(write_file, tmp_path):
     net = write_file("net.prototxt", REGRESSION_NET.format(
         data_type="HDF5Data",
         data_param=f'hdf5_data_param {{ source: "{sources}" batch_size: 64 }}'))
-    solver = write_file("solver.prototxt", SOLVER.format(net=net, iters=300,
-                                                         prefix=tmp_path / "snap"))
+    solver = SOLVER.format(net=net, iters=300, prefix=tmp_path / "snap")
+    return write_file("solver.prototxt", solver.replace("solver_mode: CPU", f"solver_mode: {mode}"))
+
+
+def test_caffe_train_tool_trains_with_the_installed_layer(write_file, tmp_path):
+    solver = hdf5_regression_solver(write_file, tmp_path)
     result = run_caffe_tool("train", "-solver", str(solver), cwd=tmp_path)  # no PYTHONPATH
     assert result.returncode == 0, result.stderr[-3000:]
     losses = [float(v) for v in re.findall(r"Iteration \d+ .*loss = ([0-9.e+-]+)", result.stderr)]

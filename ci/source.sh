@@ -1,0 +1,100 @@
+# The recipe's source: read it, download and verify the tarball, unpack, patch. Source it from ci/lib.sh; it runs nothing by itself.
+# shellcheck shell=bash disable=SC2034,SC2154  # variables shared with ci/lib.sh
+
+# Read the recipe's source section (URLs, sha256, patches) for the native build.
+recipe_source() {
+  "${tools_env}/bin/python" "${repo_root}/ci/recipe.py" source
+}
+
+# Download the tarball named in the recipe into the cache (apt's mirror first,
+# then the recipe's URLs) and verify its sha256. Prints the tarball's path.
+fetch_source() {
+  local urls=() sha256=""
+  while read -r kind value; do
+    case "${kind}" in
+      url) urls+=("${value}") ;;
+      sha256) sha256="${value}" ;;
+    esac
+  done < <(recipe_source)
+  local file="${urls[0]##*/}"
+  local path="${cache_dir}/${file}"
+  local mirror
+  mirror=$(apt_mirror)
+  [[ -z "${mirror}" ]] || urls=("${mirror}/pool/main/c/caffe/${file}" "${urls[@]}")
+  mkdir -p "${cache_dir}"
+  if [[ ! -f "${path}" ]]; then
+    local url
+    for url in "${urls[@]}"; do
+      echo "    downloading ${url}" >&2
+      if curl -fsSL --retry 2 -o "${path}.part" "${url}"; then
+        mv "${path}.part" "${path}"
+        break
+      fi
+      echo "    failed: ${url}" >&2
+    done
+    [[ -f "${path}" ]] || die "could not download ${file} from any of ${#urls[@]} URLs"
+  fi
+  verify_sha256 "${path}" "${sha256}"
+  # What was verified, for the recipe checks of ci/test.
+  echo "${sha256} ${path}" > "${build_root}/source-verified.txt"
+  echo "${path}"
+}
+
+verify_sha256() {
+  local path=$1 expected=$2 actual
+  actual=$(sha256sum "${path}" | cut -d' ' -f1)
+  if [[ "${actual}" != "${expected}" ]]; then
+    mv "${path}" "${path}.bad-sha256"
+    die "sha256 mismatch for ${path##*/}
+  expected ${expected}
+  actual   ${actual}
+  (kept as ${path}.bad-sha256; the next run downloads it again)"
+  fi
+  echo "    sha256 ok: ${path##*/}" >&2
+}
+
+# Unpack the tarball and apply the recipe's patches strictly (no fuzz), like
+# conda-build. The tree's stamp lists the tarball's and each applied patch's
+# sha256: an unchanged tree is kept with its build folder; when the recipe only
+# appends patches, just those are applied (ninja then rebuilds what they
+# touch); anything else unpacks again at the same path, so ccache keeps hitting.
+prepare_source() {
+  local tarball=$1 dir=$2
+  local patches=() kind value
+  while read -r kind value; do
+    [[ "${kind}" != patch ]] || patches+=("${repo_root}/${value}")
+  done < <(recipe_source)
+  local patch wanted=() stamp="${dir}/.caffe-pylayer-stamp"
+  for patch in "${patches[@]}"; do
+    [[ -f "${patch}" ]] || die "patch listed in recipe/meta.yaml is missing: ${patch#"${repo_root}/"}"
+  done
+  mapfile -t wanted < <(sha256sum "${tarball}" "${patches[@]}" | cut -d' ' -f1)
+  local applied=()
+  [[ -f "${stamp}" ]] && mapfile -t applied < "${stamp}"
+  local start=${#applied[@]}
+  if (( start == 0 )) || [[ "${wanted[*]:0:start}" != "${applied[*]}" ]]; then
+    rm -rf "${dir}"
+    mkdir -p "${dir}"
+    tar -xzf "${tarball}" -C "${dir}"
+    # conda-build unpacks pylayers/ as a second source next to Caffe's.
+    ln -s "${repo_root}/pylayers" "${dir}/pylayers"
+    echo "${wanted[0]}" > "${stamp}"
+    start=1
+  elif (( start == ${#wanted[@]} )); then
+    echo "    unchanged source tree, reused"
+    return
+  else
+    echo "    source tree has the first $(( start - 1 )) patches; applying the rest"
+  fi
+  local i
+  for (( i = start; i < ${#wanted[@]}; i++ )); do
+    patch=${patches[i - 1]}
+    if ! patch -d "${dir}" -p1 --fuzz=0 --forward --batch --quiet --dry-run -i "${patch}" >/dev/null; then
+      patch -d "${dir}" -p1 --fuzz=0 --forward --batch --dry-run -i "${patch}" >&2 || true
+      die "patch does not apply cleanly (no fuzz allowed): ${patch#"${repo_root}/"}"
+    fi
+    patch -d "${dir}" -p1 --fuzz=0 --forward --batch --quiet -i "${patch}"
+    echo "${wanted[i]}" >> "${stamp}"
+    echo "    applied ${patch##*/}"
+  done
+}
