@@ -1,20 +1,21 @@
 #!/usr/bin/env python3
 """Check the recipe's source section without conda (run by ci/test).
 
-Reads recipe/meta.yaml's source section (ci/recipe.py) and checks: the source
-is the tarball the native build verified, every URL names the same file; the
-patch list is patches/ in order, each line's comment equal to the patch
-header's Upstream-Status, and every patch applies with no fuzz in that order;
+Reads recipe/meta.yaml's source section (ci/recipe.py) and checks: the given
+tarball has the recipe's sha256, every URL names the same file; the patch list
+is patches/ in order, each line's comment equal to the patch header's
+Upstream-Status, and (--apply) every patch applies with no fuzz in that order;
 the extra sources exist; caffe-pylayer's license file is the project's and its
 version pylayers/pyproject.toml's. The same checks run on the self-contained
 folder of ci/export-recipe. The variants and outputs are checked with
 conda-build's own renderer (ci/conda_pinning.py).
 
-    check_recipe.py [--recipe DIR] [--verified FILE] [--tarball FILE]
+    check_recipe.py [--recipe DIR] [--tarball FILE [--apply]]
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import subprocess
 import sys
@@ -68,12 +69,13 @@ def check_patch_list(recipe_dir: Path, meta: dict, tarball: Path | None) -> int:
     return len(listed)
 
 
-def check_recipe(recipe_dir: Path, verified_sha256: str | None, tarball: Path | None) -> str:
+def check_recipe(recipe_dir: Path, tarball: Path | None, apply: bool) -> str:
     meta = recipe.render(recipe.DEFAULT_VARIANT, recipe_dir)  # raises on invalid Jinja or YAML
     source = meta["source"][0]
-    if verified_sha256 is not None:
-        check(source["sha256"] == verified_sha256,
-              f"sha256 {source['sha256']} is not the verified {verified_sha256}")
+    if tarball is not None:
+        actual = hashlib.sha256(tarball.read_bytes()).hexdigest()
+        check(source["sha256"] == actual, f"{tarball.name} has sha256 {actual}, "
+                                          f"the recipe says {source['sha256']}")
     names = {url.rsplit("/", 1)[-1] for url in source["url"]}
     check(len(names) == 1, f"the source URLs name different files: {sorted(names)}")
     for extra in meta["source"][1:]:
@@ -88,19 +90,20 @@ def check_recipe(recipe_dir: Path, verified_sha256: str | None, tarball: Path | 
     check(str(output["version"]) == pyproject["project"]["version"],
           f"meta.yaml builds caffe-pylayer {output['version']}, pylayers/pyproject.toml says "
           f"{pyproject['project']['version']}")
-    patches = check_patch_list(recipe_dir, meta, tarball)
+    patches = check_patch_list(recipe_dir, meta, tarball if apply else None)
     return f"source {names.pop()}, {patches} patches"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", type=Path, default=recipe.RECIPE_DIR)
-    parser.add_argument("--verified", type=Path, help="file with the sha256 the native build verified")
-    parser.add_argument("--tarball", type=Path, help="source tarball to apply the patches to")
+    parser.add_argument("--tarball", type=Path, help="the source tarball: its sha256 must be the recipe's")
+    parser.add_argument("--apply", action="store_true", help="also apply every patch to the tarball")
     args = parser.parse_args()
-    verified = args.verified.read_text().split()[0] if args.verified else None
+    if args.apply and args.tarball is None:
+        parser.error("--apply needs --tarball")
     try:
-        print(f"    {args.recipe}: {check_recipe(args.recipe, verified, args.tarball)}: ok")
+        print(f"    {args.recipe}: {check_recipe(args.recipe, args.tarball, args.apply)}: ok")
     except CheckFailed as failure:
         print(f"recipe check failed ({args.recipe}): {failure}", file=sys.stderr)
         return 1

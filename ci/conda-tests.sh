@@ -27,7 +27,7 @@ check_built_packages() {
 # tests/ in the env conda made, from a folder outside the repository, with no
 # PYTHONPATH: only what conda installed can be imported.
 run_tests_in_conda_env() {
-  step "post-build tests in build/conda/env, run from outside the repository"
+  step "post-build tests in ${conda_env#"${repo_root}/"}, run from outside the repository"
   local outside
   outside=$(mktemp -d)
   cp -r "${repo_root}/tests" "${outside}/tests"

@@ -1,4 +1,5 @@
-# conda: the tools, the stand-in channel, the offline client. Source it from ci/lib.sh; it runs nothing by itself.
+# conda: the tools, the stand-in channel, the offline client.
+# Source it from ci/lib.sh; it runs nothing by itself.
 # shellcheck shell=bash disable=SC2034,SC2154  # variables shared with ci/lib.sh
 
 # --- conda: conda-build from PATH, or a venv made by CONDA_TOOLS_INSTALL.

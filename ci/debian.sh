@@ -1,4 +1,5 @@
-# Debian: the build's packages, apt, and the sid chroot. Source it from ci/lib.sh; it runs nothing by itself.
+# Debian: the build's packages, apt, and the sid chroot.
+# Source it from ci/lib.sh; it runs nothing by itself.
 # shellcheck shell=bash disable=SC2034,SC2154  # variables shared with ci/lib.sh
 
 # Debian packages the native CPU build needs.

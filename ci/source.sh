@@ -1,4 +1,5 @@
-# The recipe's source: read it, download and verify the tarball, unpack, patch. Source it from ci/lib.sh; it runs nothing by itself.
+# The recipe's source: read it, download and verify the tarball, unpack, patch.
+# Source it from ci/lib.sh; it runs nothing by itself.
 # shellcheck shell=bash disable=SC2034,SC2154  # variables shared with ci/lib.sh
 
 # Read the recipe's source section (URLs, sha256, patches) for the native build.
@@ -35,8 +36,6 @@ fetch_source() {
     [[ -f "${path}" ]] || die "could not download ${file} from any of ${#urls[@]} URLs"
   fi
   verify_sha256 "${path}" "${sha256}"
-  # What was verified, for the recipe checks of ci/test.
-  echo "${sha256} ${path}" > "${build_root}/source-verified.txt"
   echo "${path}"
 }
 

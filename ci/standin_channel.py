@@ -19,7 +19,11 @@ machine has:
   scripts (the templates named by --activation, filled in with conda-forge's
   linux-64 flags), so CC, CFLAGS, LDFLAGS and CMAKE_ARGS are conda-forge's;
 - cmake, ninja, sysroot_linux-64, libgcc, libstdcxx: Debian's tools and
-  runtime, as conda-forge names them.
+  runtime, as conda-forge names them;
+- with --cuda: conda-forge's CUDA packages (cuda-nvcc_linux-64 with its own
+  activation script, cuda-nvcc-impl, cuda-cudart(-dev), cuda-cccl,
+  libcublas(-dev), libcurand(-dev), libcudnn(-dev), nccl, cuda-version) made
+  from NVIDIA's wheels in a site-packages folder, in conda-forge's layout.
 
 Every package says in its about/summary what it stands in for. The channel also
 gets variant-overrides.yaml: conda-forge's pinning names newer versions than
@@ -27,6 +31,7 @@ Debian has (protobuf 7.x, Boost 1.88, ...), so a build against this channel
 pins to the versions it holds.
 
     standin_channel.py CHANNEL --activation DIR --wheels DIR [--python /usr/bin/python3]
+        [--cuda 13.0 --cuda-wheels SITE_PACKAGES --cuda-nvcc-recipe DIR]
 """
 from __future__ import annotations
 
