@@ -33,7 +33,7 @@ run_tests_in_conda_env() {
   cp -r "${repo_root}/tests" "${outside}/tests"
   (cd "${outside}" && env -u PYTHONPATH CAFFE_EXPECT_CUDA="${cuda_version}" \
     "${conda_env}/bin/python" -m pytest -p no:cacheprovider -q -rs tests) \
-    || { rm -rf "${outside}"; die "post-build tests failed in build/conda/env"; }
+    || { rm -rf "${outside}"; die "post-build tests failed in ${conda_env#"${repo_root}/"}"; }
   rm -rf "${outside}"
 }
 
@@ -49,7 +49,7 @@ check_other_selector_refused() {
 print(json.load(open(glob.glob("'"${conda_env}"'/conda-meta/caffe-1*.json")[0]))["version"])')
   rm -rf "${probe}"
   "${conda_python}" - "${repo_root}/ci" "${probe}" "${version}" "${selector}" <<'PY' \
-    || die "could not make the caffe-gpu probe package"
+    || die "could not make the ${selector} probe package"
 import sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[1])

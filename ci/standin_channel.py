@@ -396,11 +396,11 @@ def cuda_packages(site: Path, cuda_version: str, nvcc_recipe: Path) -> list[Pack
     cuda-nvcc recipe folder, filled in with that recipe's linux-64 values)."""
     major = cuda_version.split(".")[0]
     cu = "_cu12" if major == "12" else ""
-    nvcc_version, nvcc_files = wheel_files(site, f"nvidia_cuda_nvcc{cu}")
+    nvcc_version = wheel_files(site, f"nvidia_cuda_nvcc{cu}")[0]
+    # CUDA 13 splits the compiler into three wheels; CUDA 12's is one.
+    compiler_wheels = [f"nvidia_cuda_nvcc{cu}"] + (["nvidia_cuda_crt", "nvidia_nvvm"] if not cu else [])
     compiler_links = {}
-    for distribution in (f"nvidia_cuda_nvcc{cu}", f"nvidia_cuda_crt{cu}", f"nvidia_nvvm{cu}"):
-        if distribution != f"nvidia_cuda_nvcc{cu}" and major == "12":
-            continue  # CUDA 12's compiler wheel holds all of it
+    for distribution in compiler_wheels:
         for path, target in wheel_files(site, distribution)[1].items():
             folder = path.split("/", 1)[0]
             compiler_links[path if folder in ("bin", "nvvm") else f"{TARGETS}/{path}"] = target
@@ -419,6 +419,7 @@ def cuda_packages(site: Path, cuda_version: str, nvcc_recipe: Path) -> list[Pack
     if re.search(r"@[a-z_]+@", activation):
         raise StandInError(f"{template}: a template value is left unfilled")
     next_major = f"{int(major) + 1}"
+    cccl_version, cccl_files = wheel_files(site, f"nvidia_cuda_cccl{cu}")
     return [
         Package("cuda-version", cuda_version, f"conda-forge's cuda-version {cuda_version}", build="wheel_0"),
         Package("cuda-nvcc-impl", nvcc_version, f"nvcc, ptxas, cicc and their headers: NVIDIA's "
@@ -432,10 +433,8 @@ def cuda_packages(site: Path, cuda_version: str, nvcc_recipe: Path) -> list[Pack
         *library_pair("cuda-cudart-dev", "cuda-cudart", f"nvidia_cuda_runtime{cu}", site, True,
                       "the CUDA runtime", depends=("cuda-cccl",)),
         # CCCL (thrust, CUB, libcu++) is headers only: conda-forge's cuda-cccl.
-        Package("cuda-cccl", wheel_files(site, f"nvidia_cuda_cccl{cu}")[0], "CCCL headers: NVIDIA's "
-                "CCCL wheel", build="wheel_0",
-                links={f"{TARGETS}/{p}": t for p, t in wheel_files(site, f"nvidia_cuda_cccl{cu}")[1].items()
-                       if p.startswith("include/")}),
+        Package("cuda-cccl", cccl_version, "CCCL headers: NVIDIA's CCCL wheel", build="wheel_0",
+                links={f"{TARGETS}/{p}": t for p, t in cccl_files.items() if p.startswith("include/")}),
         *library_pair("libcublas-dev", "libcublas", f"nvidia_cublas{cu}", site, True, "cuBLAS"),
         *library_pair("libcurand-dev", "libcurand", f"nvidia_curand{cu}", site, True, "cuRAND"),
         *library_pair("libcudnn-dev", "libcudnn", f"nvidia_cudnn_cu{major}", site, False, "cuDNN"),
