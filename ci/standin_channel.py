@@ -57,7 +57,7 @@ LIBDIR = Path("/usr/lib/x86_64-linux-gnu")
 CHOST = "x86_64-conda-linux-gnu"
 PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"  # conda's classic prefix placeholder
 # Python packages the recipe and its tests name; pip resolves their dependencies.
-WHEELS = ["numpy>=2", "six", "protobuf>=3.21", "scipy", "scikit-image", "pytest", "h5py",
+WHEELS = ["numpy>=2", "six", "protobuf>=3.21", "pyyaml", "scipy", "scikit-image", "pytest", "h5py",
           "pip", "setuptools>=70.1"]
 # conda-forge's linux-64 compiler flags (its compiler feedstock's FINAL_* values).
 FLAGS = {

@@ -153,8 +153,8 @@ def test_rejects_bottoms_with_different_first_axes(write_file):
 
 
 @pytest.mark.parametrize("param_str, message", [
-    ("{not json", "neither a JSON object nor a Python dict literal"),
-    ("scale 2", "entry 'scale 2' is not 'key: value'"),
+    ("{not json", r"is not 'key: value' pairs \(expected ',' or '\}'"),
+    ("scale 2", "entry 'scale 2' has no value"),
     ("scale: 2", r"unknown param_str keys \['scale'\]; accepted keys: none"),
 ])
 def test_rejects_an_unreadable_or_unknown_param_str(write_file, param_str, message):

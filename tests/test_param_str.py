@@ -11,19 +11,40 @@ from conftest import LAYERS_DIR
     ("   ", {}),
     ('{"scale": 2, "mode": "sum"}', {"scale": 2, "mode": "sum"}),
     ("{'scale': 2.5, 'flags': [1, 2]}", {"scale": 2.5, "flags": [1, 2]}),
+    ("{'flag': None, 'size': (3, 4)}", {"flag": None, "size": (3, 4)}),
     ("scale: 2, mode: sum", {"scale": 2, "mode": "sum"}),
     ("scale: 0.5\nenabled: true\nname: 'a b'", {"scale": 0.5, "enabled": True, "name": "a b"}),
+    ("a: 1, b: 2\nc: 3", {"a": 1, "b": 2, "c": 3}),
+    ("lr: 1e-3, momentum: .9, answer: yes", {"lr": 0.001, "momentum": 0.9, "answer": "yes"}),
 ])
 def test_parses_json_python_and_yaml_like_mappings(text, expected):
     assert parse_param_str(text) == expected
 
 
+@pytest.mark.parametrize("text, expected", [
+    # The region-proposal layers' form: quoted keys.
+    ("'num_classes': 21", {"num_classes": 21}),
+    ("'feat_stride': 16, 'scales': [8, 16, 32]", {"feat_stride": 16, "scales": [8, 16, 32]}),
+    # Lists keep their commas.
+    ("mean: [104, 117, 123]", {"mean": [104, 117, 123]}),
+    ("mean: [104, 117, 123], scale: 0.017", {"mean": [104, 117, 123], "scale": 0.017}),
+    # Nested mappings, on one line and as a block.
+    ("crop: {height: 224, width: 224}", {"crop": {"height": 224, "width": 224}}),
+    ("split: train\ncrop:\n  height: 224\n  width: 200\nmean: [1, 2]",
+     {"split": "train", "crop": {"height": 224, "width": 200}, "mean": [1, 2]}),
+    ("name: 'Smith, John', path: /data/a.txt", {"name": "Smith, John", "path": "/data/a.txt"}),
+])
+def test_reads_quoted_keys_lists_and_nested_mappings_as_yaml_does(text, expected):
+    assert parse_param_str(text) == expected
+
+
 @pytest.mark.parametrize("text, message", [
-    ("[1, 2]", "is not 'key: value'"),
+    ("[1, 2]", "is not 'key: value' pairs"),
     ("{1: 2}", "key 1 is not a string"),
-    ("{'a': }", "neither a JSON object nor a Python dict literal"),
-    ("a: 1, b", "entry 'b' is not 'key: value'"),
-    (": 3", "entry ': 3' is not 'key: value'"),
+    ("{'a': }", "entry 'a' has no value"),
+    ("a: 1, b", "entry 'b' has no value"),
+    (": 3", "is not 'key: value' pairs"),
+    ("mean: [1, 2", r"is not 'key: value' pairs \(expected ',' or '\]'"),
 ])
 def test_rejects_what_is_not_a_mapping_and_names_the_layer(text, message):
     with pytest.raises(LayerConfigError, match=f"^MyLayer 'x': .*{message}"):

@@ -9,8 +9,10 @@ with a message that names the layer, instead of deep inside ``forward``.
 from __future__ import annotations
 
 import ast
-import json
+import re
 from typing import Any, Mapping, Sequence
+
+import yaml
 
 import caffe
 
@@ -19,55 +21,92 @@ class LayerConfigError(ValueError):
     """A Python layer was configured wrongly in the prototxt."""
 
 
-def _parse_value(text: str) -> Any:
-    """A YAML-like scalar: JSON or a Python literal when it reads as one, else the string."""
-    for parse in (json.loads, ast.literal_eval):
-        try:
-            return parse(text)
-        except (ValueError, SyntaxError):
-            pass
-    return text
+class _ParamLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's core scalars: ``true``/``false``
+    are the only booleans (``yes``, ``no``, ``on``, ``off`` stay strings) and
+    ``1e-3`` is a float, as JSON and Python read them."""
+
+
+_ParamLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers
+            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:float")]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ParamLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"))
+_ParamLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?$"
+               r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
+    list("-+0123456789."))
 
 
 def parse_param_str(text: str, layer: str = "Python layer") -> dict[str, Any]:
     """Parse a layer's ``param_str`` into a dict.
 
-    Accepted forms: empty (no parameters); a JSON object
-    (``{"scale": 2}``); a Python dict literal, as Caffe's own examples write
-    (``{'scale': 2}``); or YAML-like ``key: value`` pairs separated by commas or
-    new lines (``scale: 2, mode: sum``). Anything else raises
-    :class:`LayerConfigError` naming ``layer`` and quoting the text.
+    Accepted forms:
+
+    - empty: no parameters;
+    - a Python dict literal, as Caffe's own examples write (``{'scale': 2}``,
+      ``{'flag': None}``), and so most JSON objects;
+    - YAML. One line is read as the pairs of a flow mapping, so ``scale: 2,
+      mode: sum``, ``'num_classes': 21`` and ``mean: [104, 117, 123]`` all
+      work; several lines are a block mapping (nested mappings included).
+
+    Scalars follow YAML 1.2: ``true``/``false`` are booleans, ``null`` and
+    ``~`` are None, ``1e-3`` is a float, ``yes``/``no`` are strings; quote a
+    string that holds a comma. Anything that is not a mapping with string
+    keys and a value for each raises :class:`LayerConfigError` naming
+    ``layer`` and quoting the text.
     """
     stripped = text.strip()
     if not stripped:
         return {}
     if stripped.startswith("{"):
         try:
-            value = json.loads(stripped)
-        except ValueError:
-            try:
-                value = ast.literal_eval(stripped)
-            except (ValueError, SyntaxError) as error:
-                raise LayerConfigError(
-                    f"{layer}: param_str {text!r} is neither a JSON object nor a "
-                    f"Python dict literal ({error})") from None
-        if not isinstance(value, dict):
-            raise LayerConfigError(f"{layer}: param_str {text!r} is not a mapping")
+            value = ast.literal_eval(stripped)
+        except (ValueError, SyntaxError):
+            value = None
+        if isinstance(value, dict):
+            return _checked(value, text, layer)
+    if "\n" in stripped or stripped.startswith(("{", "[")):
+        sources = [stripped, "{" + ", ".join(stripped.splitlines()) + "}"]
     else:
-        value = {}
-        for item in stripped.replace("\n", ",").split(","):
-            if not item.strip():
-                continue
-            key, colon, raw = item.partition(":")
-            if not colon or not key.strip():
-                raise LayerConfigError(
-                    f"{layer}: param_str entry {item.strip()!r} is not 'key: value' "
-                    f"(param_str was {text!r})")
-            value[key.strip()] = _parse_value(raw.strip())
+        sources = ["{" + stripped + "}"]
+    for attempt, source in enumerate(sources):
+        try:
+            node = yaml.compose(source, Loader=_ParamLoader)
+            break
+        except yaml.YAMLError as error:
+            if attempt == 0:
+                first_error = error
+    else:
+        raise LayerConfigError(
+            f"{layer}: param_str {text!r} is not 'key: value' pairs "
+            f"({_yaml_problem(first_error)})")
+    if not isinstance(node, yaml.MappingNode):
+        raise LayerConfigError(f"{layer}: param_str {text!r} is not 'key: value' pairs")
+    for key_node, value_node in node.value:
+        if (isinstance(value_node, yaml.ScalarNode) and value_node.value == ""
+                and value_node.style is None):
+            raise LayerConfigError(
+                f"{layer}: param_str entry {key_node.value!r} has no value "
+                f"(write null for None; param_str was {text!r})")
+    return _checked(yaml.load(source, Loader=_ParamLoader), text, layer)  # noqa: S506 (safe)
+
+
+def _checked(value: dict, text: str, layer: str) -> dict[str, Any]:
     for key in value:
         if not isinstance(key, str):
-            raise LayerConfigError(f"{layer}: param_str key {key!r} is not a string")
+            raise LayerConfigError(
+                f"{layer}: param_str key {key!r} is not a string (param_str was {text!r})")
     return value
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem}, column {mark.column + 1}" if mark is not None else problem
 
 
 def _describe_count(expected: int | tuple[int, int]) -> str:
