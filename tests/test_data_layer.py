@@ -238,25 +238,21 @@ def test_solver_results_do_not_change_bitwise(write_file, tmp_path):
     np.testing.assert_array_equal(weights[0], weights[1])
 
 
-TRAIN_NET = """
-layer {{ name: "data" type: "Python" top: "x" top: "y"
-        python_param {{ module: "data_layers" layer: "RegressionDataLayer" param_str: "{params}" }} }}
-layer {{ name: "fc" type: "InnerProduct" bottom: "x" top: "pred"
-        inner_product_param {{ num_output: 2 weight_filler {{ type: "gaussian" std: 0.1 }} }} }}
-layer {{ type: "Python" name: "loss" bottom: "pred" bottom: "y" top: "loss"
-        python_param {{ module: "pyloss" layer: "EuclideanLossLayer" }} loss_weight: 1 }}
-"""
-TRAIN_SOLVER = """
-net: "{net}"
-base_lr: 0.05
-momentum: 0.9
-lr_policy: "fixed"
-max_iter: 200
-display: 20
-solver_mode: {mode}
-random_seed: 7
-snapshot_after_train: false
-"""
+def train_net(params: str) -> str:
+    """test_training's regression net, its data from RegressionDataLayer."""
+    from test_training import REGRESSION_NET
+    return REGRESSION_NET.format(data_type="Python", data_param=(
+        f'python_param {{ module: "data_layers" layer: "RegressionDataLayer" '
+        f'param_str: "{params}" }}'))
+
+
+def train_solver(write_file, tmp_path, params: str, mode: str = "CPU"):
+    """test_training's solver, 200 iterations of train_net(params)."""
+    from test_training import SOLVER
+    net = write_file("net.prototxt", train_net(params))
+    text = SOLVER.format(net=net, iters=200, prefix=tmp_path / "snap").replace(
+        "solver_mode: CPU", f"solver_mode: {mode}")
+    return write_file("solver.prototxt", text + "snapshot_after_train: false\n")
 
 
 def training_losses(result) -> list[float]:
@@ -266,8 +262,7 @@ def training_losses(result) -> list[float]:
 
 @pytest.mark.parametrize("params", ["workers: 2", "workers_mode: process, start_method: spawn"])
 def test_caffe_train_with_a_prefetching_data_layer_converges(write_file, tmp_path, params):
-    net = write_file("net.prototxt", TRAIN_NET.format(params=params))
-    solver = write_file("solver.prototxt", TRAIN_SOLVER.format(net=net, mode="CPU"))
+    solver = train_solver(write_file, tmp_path, params)
     result = run_caffe_tool("train", "-solver", str(solver), cwd=tmp_path, pythonpath=LAYERS_DIR)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = training_losses(result)
@@ -275,7 +270,7 @@ def test_caffe_train_with_a_prefetching_data_layer_converges(write_file, tmp_pat
 
 
 def test_caffe_time_and_test_run_a_prefetching_data_layer(write_file, tmp_path):
-    net = write_file("net.prototxt", TRAIN_NET.format(params="workers: 1"))
+    net = write_file("net.prototxt", train_net("workers: 1"))
     weights = tmp_path / "weights.caffemodel"
     caffe.Net(str(net), caffe.TEST).save(str(weights))
     for command in (["time", "-model", str(net), "-iterations", "3"],
@@ -286,9 +281,7 @@ def test_caffe_time_and_test_run_a_prefetching_data_layer(write_file, tmp_path):
 
 
 def test_pycaffe_solver_trains_from_a_prefetching_data_layer(write_file, tmp_path):
-    net = write_file("net.prototxt", TRAIN_NET.format(params="workers: 2, shuffle: true"))
-    solver = caffe.get_solver(str(write_file("solver.prototxt",
-                                             TRAIN_SOLVER.format(net=net, mode="CPU"))))
+    solver = caffe.get_solver(str(train_solver(write_file, tmp_path, "workers: 2, shuffle: true")))
     solver.step(1)
     first = float(solver.net.blobs["loss"].data)
     solver.step(200)
@@ -297,8 +290,7 @@ def test_pycaffe_solver_trains_from_a_prefetching_data_layer(write_file, tmp_pat
 
 @requires_gpu()
 def test_gpu_training_with_a_prefetching_data_layer_converges(write_file, tmp_path):
-    net = write_file("net.prototxt", TRAIN_NET.format(params="workers: 2"))
-    solver = write_file("solver.prototxt", TRAIN_SOLVER.format(net=net, mode="GPU"))
+    solver = train_solver(write_file, tmp_path, "workers: 2", mode="GPU")
     result = run_caffe_tool("train", "-solver", str(solver), "-gpu", "0", cwd=tmp_path,
                             pythonpath=LAYERS_DIR)
     assert result.returncode == 0, result.stderr[-3000:]
