@@ -27,7 +27,9 @@ SELECTOR = re.compile(r"^(?P<line>.*?)\s*#\s*\[(?P<expr>.+)\]\s*(#.*)?$")
 
 
 # The variant the source section is read from; it does not depend on it.
-DEFAULT_VARIANT = {"cuda_compiler_version": "None", "python": "3.11"}
+# libprotobuf: a host pin from conda-forge's pinning that the requirements
+# name; its value does not matter here.
+DEFAULT_VARIANT = {"cuda_compiler_version": "None", "python": "3.11", "libprotobuf": "0"}
 
 
 def _selector_namespace(variant: dict[str, str]) -> dict[str, object]:
