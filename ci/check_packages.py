@@ -6,8 +6,8 @@ conda-build wrote them and checks:
 - caffe has libcaffe, the tools and example commands, the headers, pycaffe and
   Caffe's license, and nothing else in site-packages; its version sorts above
   conda-forge's caffe 1.0, so a solver prefers it whatever the build number;
-- caffe-pylayer holds exactly caffe_pylayer, pyloss and their metadata, its own
-  license, and pins caffe to the exact build;
+- caffe-pylayer holds exactly caffe_pylayer (with its example), pyloss and their
+  metadata, its own license, and pins caffe to the exact build;
 - every shared library that an ELF file of caffe needs (its NEEDED entries) is
   either in the package, in the C runtime, or in a package that caffe depends
   on, and every dependency of caffe is needed by a library or by pycaffe's
@@ -161,12 +161,15 @@ def check_caffe(index: dict, paths: list[dict], folder: Path, providers: dict[st
 def check_pylayer(index: dict, paths: list[dict], folder: Path, caffe_index: dict) -> str:
     files = sorted(p["_path"] for p in paths)
     allowed = re.compile(r"lib/python3\.\d+/site-packages/("
-                         r"caffe_pylayer/[a-z_]+\.py|caffe_pylayer/__pycache__/[a-z_]+\.cpython-3\d+\.pyc|"
+                         r"caffe_pylayer/(example/)?[a-z_]+\.py|"
+                         r"caffe_pylayer/(example/)?__pycache__/[a-z_]+\.cpython-3\d+\.pyc|"
+                         r"caffe_pylayer/example/[a-z]+\.prototxt|"
                          r"pyloss\.py|__pycache__/pyloss\.cpython-3\d+\.pyc|"
                          r"caffe_pylayer-[\d.]+\.dist-info/[A-Za-z_.]+(/[A-Za-z_.]+)?)")
     strays = [f for f in files if not allowed.fullmatch(f)]
     require(not strays, f"caffe-pylayer holds unexpected files: {strays[:8]}")
-    for module in ("caffe_pylayer/__init__.py", "pyloss.py"):
+    for module in ("caffe_pylayer/__init__.py", "pyloss.py", "caffe_pylayer/example/net.prototxt",
+                   "caffe_pylayer/example/solver.prototxt", "caffe_pylayer/example/squares.py"):
         require(any(f.endswith("site-packages/" + module) for f in files), f"caffe-pylayer lacks {module}")
     require(any(".dist-info/METADATA" in f for f in files), "caffe-pylayer has no dist-info metadata")
     require((folder / "info" / "licenses").is_dir(), "caffe-pylayer has no license file")
