@@ -178,7 +178,7 @@ def run_isolated(code: str, timeout: int = 300) -> dict:
 
 
 CONV_SOLVER = """
-    import json, tempfile, threading, time, caffe
+    import hashlib, json, tempfile, threading, time, caffe
     net = tempfile.NamedTemporaryFile('w', suffix='.prototxt', delete=False)
     net.write('''
         layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 8 dim: 16 dim: 32 dim: 32 } } }
@@ -199,26 +199,34 @@ CONV_SOLVER = """
             count[0] += 1
     thread = threading.Thread(target=spin)
     thread.start()
-    def progress(seconds=None, steps=None):
+    def progress(work):
         start, t0 = count[0], time.perf_counter()
-        if steps:
-            s.step(steps)
-        else:
-            time.sleep(seconds)
+        work()
         return (count[0] - start) / (time.perf_counter() - t0)
+    data = bytes(32 << 20)
+    def hashing():  # C work that releases the GIL, for about as long as a step
+        for _ in range(8):
+            hashlib.sha256(data).digest()
     s.step(2)
-    idle = progress(seconds=1.0)
-    busy = progress(steps=20)
+    rounds = []  # windows interleaved, so other load on the machine hits all alike
+    for _ in range(3):
+        idle = progress(lambda: time.sleep(0.5))
+        reference = progress(hashing)
+        caffe_rate = progress(lambda: s.step(20))
+        rounds.append({"to_idle": caffe_rate / idle, "to_released": caffe_rate / reference})
     stop.set()
     thread.join()
-    print(json.dumps({"idle_rate": idle, "busy_rate": busy}))
+    print(json.dumps(rounds))
 """
 
 
 def test_a_python_thread_runs_while_the_solver_steps():
-    rates = run_isolated(CONV_SOLVER)
-    # With the GIL held for the whole step the thread got about 15%.
-    assert rates["busy_rate"] >= 0.8 * rates["idle_rate"], rates
+    rounds = run_isolated(CONV_SOLVER)
+    # The thread's progress while the solver steps, against its progress while
+    # the main thread runs C code that releases the GIL (hashing), which is its
+    # idle rate less the machine's contention. With the GIL held for the whole
+    # step it got about 15% of its idle rate.
+    assert max(r["to_released"] for r in rounds) >= 0.8, rounds
 
 
 def test_solver_results_do_not_change_bitwise(write_file, tmp_path):
