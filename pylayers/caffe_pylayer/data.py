@@ -257,7 +257,7 @@ class PrefetchingDataLayer(PythonLayer):
         self._num_tops = len(top)
         self._workers = self._start_workers()
         self._finalizer = weakref.finalize(self, _stop_all, self._workers)
-        self._pending: deque = deque()   # (position, index, worker) in flight, in order
+        self._pending: deque = deque()   # (index, worker) in flight, in order
         self._position = 0                # batches this rank has asked for so far
         self._epoch_order: tuple[int, np.ndarray] | None = None
         self._current: tuple | None = None
@@ -298,11 +298,11 @@ class PrefetchingDataLayer(PythonLayer):
         index = int(self._epoch_order[1][offset])
         worker = self._workers[self._position % len(self._workers)]
         worker.submit(index, (p["seed"] + self.rank, epoch, index))
-        self._pending.append((self._position, index, worker))
+        self._pending.append((index, worker))
         self._position += 1
 
     def _next_batch(self) -> tuple:
-        position, index, worker = self._pending.popleft()
+        index, worker = self._pending.popleft()
         outcome = worker.result()
         self._request_next()
         if outcome[0] == "ok":
