@@ -2,7 +2,8 @@
 # shellcheck shell=bash disable=SC2154  # the variables come from ci/lib.sh
 
 # Every variant (CPU, CUDA 12.9, CUDA 13.0 x every Python of the pinning and
-# its migrations) rendered by conda-build, in the repository and as exported.
+# its migrations) rendered by conda-build, in the repository and as exported;
+# then each Python x CUDA request, as ci/conda-build narrows the pinning for it.
 check_rendered_variants() {
   step "conda-build renders every variant with conda-forge's pinning (5 hash seeds; export: 1)"
   [[ -n "${CONDA_FORGE_PINNING:-}" ]] || die "CONDA_FORGE_PINNING is not set (see ci/conda-build --help)"
@@ -15,6 +16,10 @@ check_rendered_variants() {
       --seeds "${seeds[@]}" --work "${conda_dir}" 2> >(grep -v '^WARNING: Setting build' >&2) \
       || die "conda-build's rendering of ${recipe#"${repo_root}/"} failed (above)"
   done
+  echo "    one request at a time (ci/conda-build --python V --cuda V), exported recipe"
+  "${conda_python}" "${repo_root}/ci/conda_pinning.py" requests "${CONDA_FORGE_PINNING}" \
+    "${conda_dir}/recipe" --work "${conda_dir}" 2> >(grep -v '^WARNING: Setting build' >&2) \
+    || die "a request does not render exactly its one caffe (above)"
 }
 
 # What the .conda files hold: files, licenses, run dependencies against NEEDED.

@@ -12,8 +12,16 @@ PINNING_DIR holds conda-forge's conda_build_config.yaml and, in migrations/,
 the migrations this recipe is in (cuda130.yaml, python314.yaml), as a
 feedstock's .ci_support/migrations/ does; every one found there is applied.
 
-    conda_pinning.py write PINNING_DIR OUT.yaml
-        the merged variant config, for conda-build -m
+    conda_pinning.py write PINNING_DIR OUT.yaml [--python V] [--cuda V]
+        the merged variant config, for conda-build -m; --python / --cuda keep
+        only that value of the key and of every key zipped with it (as
+        conda-build's --variants cannot: it must name every zipped key)
+    conda_pinning.py variants CONFIG.yaml RECIPE_DIR
+        the builds conda-build would make with CONFIG, one line each (name,
+        version, build string); rendered, no channel needed
+    conda_pinning.py requests PINNING_DIR RECIPE_DIR
+        for every Python x CUDA value of the pinning: narrow, render, and
+        check that exactly one caffe of that Python and CUDA comes out
     conda_pinning.py check PINNING_DIR RECIPE_DIR [--seeds 0 1 2 3 4]
         render every variant with conda-build's own renderer, once per
         PYTHONHASHSEED (conda-build merges zip_keys through sets, so an
@@ -71,8 +79,36 @@ def merged(pinning_dir: Path) -> dict:
     return config
 
 
-def write(pinning_dir: Path, out: Path) -> None:
-    out.write_text(yaml.safe_dump(merged(pinning_dir), sort_keys=False))
+def python_of(value) -> str:
+    """'3.12.* *_cpython' -> '3.12': the pinning's spelling of a Python."""
+    return str(value).split()[0].removesuffix(".*")
+
+
+KEYS = {"python": python_of, "cuda_compiler_version": str}
+
+
+def narrowed(config: dict, key: str, wanted: str) -> dict:
+    """config with only the entries of key equal to wanted, kept in step with
+    the keys zipped to it."""
+    spell = KEYS[key]
+    values = [spell(v) for v in config.get(key, [])]
+    keep = [i for i, value in enumerate(values) if value == wanted]
+    require(bool(keep), f"the pinning has no {key} {wanted} (it has: {', '.join(values) or 'none'})")
+    group = next((z for z in config.get("zip_keys", []) if key in z), [key])
+    config = dict(config)
+    for zipped in group:
+        if zipped in config:
+            config[zipped] = [config[zipped][i] for i in keep]
+    return config
+
+
+def write(pinning_dir: Path, out: Path, python: str | None = None, cuda: str | None = None) -> None:
+    config = merged(pinning_dir)
+    if python:
+        config = narrowed(config, "python", python)
+    if cuda:
+        config = narrowed(config, "cuda_compiler_version", cuda)
+    out.write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def names(deps) -> set[str]:
@@ -119,11 +155,14 @@ def check_output(tag: str, name: str, meta: dict, gpu: bool) -> None:
 
 def render_all(config_file: Path, recipe_dir: Path) -> list[dict]:
     """Every variant's outputs, rendered by conda-build (no channel needed)."""
+    from contextlib import redirect_stdout
+
     from conda_build import api
 
     os.environ["CF_CUDA_ENABLED"] = "True"
-    rendered = api.render(str(recipe_dir), variant_config_files=[str(config_file)],
-                          bypass_env_check=True, finalize=False, platform="linux", arch="64")
+    with redirect_stdout(sys.stderr):  # conda-build's progress lines
+        rendered = api.render(str(recipe_dir), variant_config_files=[str(config_file)],
+                              bypass_env_check=True, finalize=False, platform="linux", arch="64")
     outputs = []
     for metadata, _, _ in rendered:
         variant = metadata.config.variant
@@ -152,6 +191,30 @@ def check_builds(outputs: list[dict]) -> str:
         require(any(o["name"] == name for o in outputs), f"no variant has the output {name}")
     return (f"{len(outputs)} outputs: caffe x {len(combos)} (CUDA {', '.join(cudas)} x Python "
             f"{', '.join(p.rstrip('.*') for p in pythons)}), caffe-cpu, caffe-gpu, caffe-pylayer")
+
+
+def variants(config_file: Path, recipe_dir: Path) -> list[dict]:
+    outputs = render_all(config_file, recipe_dir)
+    for o in outputs:
+        print(f"{o['name']} {o['version']} {o['string']}")
+    return outputs
+
+
+def requests(pinning_dir: Path, recipe_dir: Path, work: Path) -> None:
+    """Each Python x CUDA request of the pinning renders exactly one caffe, of
+    that Python and CUDA."""
+    config = merged(pinning_dir)
+    pythons = [python_of(v) for v in config["python"]]
+    cudas = [str(v) for v in config["cuda_compiler_version"]]
+    for python in pythons:
+        for cuda in cudas:
+            config_file = work / f"pinning-{python}-{cuda}.yaml"
+            write(pinning_dir, config_file, python, cuda)
+            caffes = [o for o in render_all(config_file, recipe_dir) if o["name"] == "caffe"]
+            got = [(o["python"].removesuffix(".*"), o["cuda"]) for o in caffes]
+            require(got == [(python, cuda)],
+                    f"python {python}, cuda {cuda}: {len(caffes)} caffe builds rendered {got}")
+            print(f"    python {python}, cuda {cuda}: caffe {caffes[0]['string']}")
 
 
 def check(pinning_dir: Path, recipe_dir: Path, seeds: list[int], work: Path) -> None:
@@ -183,6 +246,15 @@ def main() -> int:
     p = sub.add_parser("write")
     p.add_argument("pinning", type=Path)
     p.add_argument("out", type=Path)
+    p.add_argument("--python")
+    p.add_argument("--cuda")
+    p = sub.add_parser("variants")
+    p.add_argument("config", type=Path)
+    p.add_argument("recipe", type=Path)
+    p = sub.add_parser("requests")
+    p.add_argument("pinning", type=Path)
+    p.add_argument("recipe", type=Path)
+    p.add_argument("--work", type=Path, default=Path("."))
     p = sub.add_parser("check")
     p.add_argument("pinning", type=Path)
     p.add_argument("recipe", type=Path)
@@ -194,7 +266,11 @@ def main() -> int:
     args = parser.parse_args()
     try:
         if args.command == "write":
-            write(args.pinning, args.out)
+            write(args.pinning, args.out, args.python, args.cuda)
+        elif args.command == "variants":
+            variants(args.config, args.recipe)
+        elif args.command == "requests":
+            requests(args.pinning, args.recipe, args.work)
         elif args.command == "check":
             check(args.pinning, args.recipe, args.seeds, args.work)
         else:
