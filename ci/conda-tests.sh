@@ -22,6 +22,28 @@ check_rendered_variants() {
     || die "a request does not render exactly its one caffe (above)"
 }
 
+# conda-forge's own linter (CONDA_SMITHY_LINT) on the exported recipe, the
+# folder a pull request to conda-forge would hold (recipe/ itself sits beside
+# this repository's own workflows, which a feedstock may not have). The one
+# lint allowed: no recipe-maintainers yet, as none is invented.
+check_conda_forge_lint() {
+  step "conda-forge's linter on the exported recipe (${CONDA_SMITHY_LINT:-unset})"
+  [[ -n "${CONDA_SMITHY_LINT:-}" ]] || die "CONDA_SMITHY_LINT is not set (see ci/test --help)"
+  local report="${build_root}/logs/conda-forge-lint.log" status=0 findings
+  # Under a name other than "recipe", which the linter would take for a feedstock's.
+  rm -rf "${conda_dir}/lint"
+  mkdir -p "${conda_dir}/lint"
+  cp -r "${conda_dir}/recipe" "${conda_dir}/lint/caffe"
+  CONDA_SMITHY_VENV="${build_root}/conda-smithy" "${CONDA_SMITHY_LINT}" "${conda_dir}/lint/caffe" \
+    > "${report}" 2>&1 || status=$?
+  (( status <= 1 )) || { tail -n 20 "${report}"; die "the linter did not run (exit ${status})"; }
+  # The " * " items under "Lints (N):" and "Hints (N):".
+  findings=$(awk '/^(Lints|Hints) \(/ {on=1; next} /^[A-Z]/ {on=0} on && /^ \* /' "${report}" \
+    | grep -v 'could do with some maintainers listed' || true)
+  [[ -z "${findings}" ]] || { echo "${findings}"; die "conda-forge's linter: lints or hints above (log: ${report#"${repo_root}/"})"; }
+  echo "    $(grep -E '^(Lints|Hints) \(' "${report}" | tr -d ':' | paste -sd' '): only the recipe-maintainers placeholder"
+}
+
 # What the .conda files hold: files, licenses, run dependencies against NEEDED.
 check_built_packages() {
   step "the built packages: files, licenses, dependencies against linked libraries"
@@ -86,7 +108,10 @@ run_conda_tests() {
     step "no usable ${conda_env#"${repo_root}/"}: running ci/build ${build[*]}"
     "${repo_root}/ci/build" "${build[@]}"
   fi
-  [[ "${cuda_version}" != None ]] || check_rendered_variants
+  if [[ "${cuda_version}" == None ]]; then
+    check_rendered_variants
+    check_conda_forge_lint
+  fi
   check_built_packages
   run_tests_in_conda_env
   check_other_selector_refused
