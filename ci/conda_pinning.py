@@ -16,6 +16,11 @@ feedstock's .ci_support/migrations/ does; every one found there is applied.
         the merged variant config, for conda-build -m; --python / --cuda keep
         only that value of the key and of every key zipped with it (as
         conda-build's --variants cannot: it must name every zipped key)
+    conda_pinning.py migrations MIGRATIONS_DIR OUT_DIR
+        copy the migrations this recipe is in from a conda-forge-pinning
+        install's migrations folder into OUT_DIR: the key_add ones, not
+        paused, whose primary key is one the recipe builds over (python,
+        cuda_compiler_version), whatever their file names
     conda_pinning.py variants CONFIG.yaml RECIPE_DIR
         the builds conda-build would make with CONFIG, one line each (name,
         version, build string); rendered, no channel needed
@@ -100,6 +105,19 @@ def narrowed(config: dict, key: str, wanted: str) -> dict:
         if zipped in config:
             config[zipped] = [config[zipped][i] for i in keep]
     return config
+
+
+def copy_migrations(source: Path, out: Path) -> None:
+    require(source.is_dir(), f"no migrations folder {source}")
+    out.mkdir(parents=True, exist_ok=True)
+    taken = []
+    for path in sorted(source.glob("*.yaml")):
+        migrator = (yaml.safe_load(path.read_text()) or {}).get("__migrator") or {}
+        if (migrator.get("operation") == "key_add" and not migrator.get("paused")
+                and migrator.get("primary_key") in KEYS):
+            (out / path.name).write_bytes(path.read_bytes())
+            taken.append(f"{path.name} ({migrator['primary_key']})")
+    print("    migrations: " + (", ".join(taken) or "none"))
 
 
 def write(pinning_dir: Path, out: Path, python: str | None = None, cuda: str | None = None) -> None:
@@ -248,6 +266,9 @@ def main() -> int:
     p.add_argument("out", type=Path)
     p.add_argument("--python")
     p.add_argument("--cuda")
+    p = sub.add_parser("migrations")
+    p.add_argument("source", type=Path)
+    p.add_argument("out", type=Path)
     p = sub.add_parser("variants")
     p.add_argument("config", type=Path)
     p.add_argument("recipe", type=Path)
@@ -267,6 +288,8 @@ def main() -> int:
     try:
         if args.command == "write":
             write(args.pinning, args.out, args.python, args.cuda)
+        elif args.command == "migrations":
+            copy_migrations(args.source, args.out)
         elif args.command == "variants":
             variants(args.config, args.recipe)
         elif args.command == "requests":

@@ -57,6 +57,20 @@ def gpu_count() -> int:
     return 1 if probe.returncode == 0 else 0
 
 
+def pytest_configure(config):
+    """CAFFE_REQUIRE_GPU=1 (a GPU runner): a GPU Caffe cannot see, or no CuPy
+    for the GPU path of Python layers, fails the run instead of skipping."""
+    if os.environ.get("CAFFE_REQUIRE_GPU") != "1":
+        return
+    if gpu_count() == 0:
+        raise pytest.UsageError("CAFFE_REQUIRE_GPU=1, but this Caffe sees no GPU "
+                                "(a CPU build, no driver, or no device)")
+    try:
+        import cupy  # noqa: F401
+    except ImportError as error:
+        raise pytest.UsageError(f"CAFFE_REQUIRE_GPU=1, but CuPy does not import: {error}")
+
+
 def requires_gpu() -> pytest.MarkDecorator:
     """A mark that skips, saying why, unless Caffe is a CUDA build and sees a GPU."""
     return pytest.mark.skipif(gpu_count() == 0,
