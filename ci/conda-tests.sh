@@ -47,16 +47,19 @@ check_built_packages() {
     "${conda_dir}/standins" --croot "${conda_dir}/croot" || die "the built packages are wrong (above)"
 }
 
-# tests/ in the env conda made, from a folder outside the repository, with no
-# PYTHONPATH: only what conda installed can be imported.
+# The install checks of tests/ (test_caffe_build.py: the flavour, the layer
+# registry, the caffe tool and its errors) in the env conda made, from a folder
+# outside the repository, with no PYTHONPATH: only what conda installed can be
+# imported. The whole of tests/ ran in conda-build's test env of the same
+# packages (the recipe's test section), so it does not run twice.
 run_tests_in_conda_env() {
-  step "post-build tests in ${conda_env#"${repo_root}/"}, run from outside the repository"
+  step "install checks (tests/test_caffe_build.py) in ${conda_env#"${repo_root}/"}, run from outside the repository"
   local outside
   outside=$(mktemp -d)
   cp -r "${repo_root}/tests" "${outside}/tests"
   (cd "${outside}" && env -u PYTHONPATH CAFFE_EXPECT_CUDA="${cuda_version}" \
-    "${conda_env}/bin/python" -m pytest -p no:cacheprovider -q -rs tests) \
-    || { rm -rf "${outside}"; die "post-build tests failed in ${conda_env#"${repo_root}/"}"; }
+    "${conda_env}/bin/python" -m pytest -p no:cacheprovider -q -rs tests/test_caffe_build.py) \
+    || { rm -rf "${outside}"; die "install checks failed in ${conda_env#"${repo_root}/"}"; }
   rm -rf "${outside}"
 }
 
