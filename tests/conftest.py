@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,15 @@ def run_caffe_tool(*args: str, pythonpath: Path | None = None, cwd: Path | None 
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run([str(CAFFE_TOOL), *args], env=env, cwd=cwd, capture_output=True,
                           text=True, timeout=600)
+
+
+def training_losses(result: subprocess.CompletedProcess) -> list[float]:
+    """The losses a training run logged ("Iteration N ..., loss = X").
+
+    Caffe logs a running average that it updates by differences, so near zero
+    it can round to a tiny negative number: compare losses with <=, not by ratio.
+    """
+    return [float(v) for v in re.findall(r"Iteration \d+ .*loss = ([0-9.e+-]+)", result.stderr)]
 
 
 @functools.cache

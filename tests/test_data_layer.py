@@ -13,7 +13,7 @@ import pytest
 
 import caffe
 from caffe_pylayer import DataLoadError, batch_order
-from conftest import LAYERS_DIR, requires_gpu, run_caffe_tool
+from conftest import LAYERS_DIR, requires_gpu, run_caffe_tool, training_losses
 
 
 @pytest.fixture(autouse=True)
@@ -263,18 +263,13 @@ def train_solver(write_file, tmp_path, params: str, mode: str = "CPU"):
     return write_file("solver.prototxt", text + "snapshot_after_train: false\n")
 
 
-def training_losses(result) -> list[float]:
-    import re
-    return [float(v) for v in re.findall(r"Iteration \d+ .*loss = ([0-9.e+-]+)", result.stderr)]
-
-
 @pytest.mark.parametrize("params", ["workers: 2", "workers_mode: process, start_method: spawn"])
 def test_caffe_train_with_a_prefetching_data_layer_converges(write_file, tmp_path, params):
     solver = train_solver(write_file, tmp_path, params)
     result = run_caffe_tool("train", "-solver", str(solver), cwd=tmp_path, pythonpath=LAYERS_DIR)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = training_losses(result)
-    assert len(losses) >= 10 and losses[0] / losses[-1] >= 10, losses
+    assert len(losses) >= 10 and losses[-1] <= losses[0] / 10, losses
 
 
 def test_caffe_time_and_test_run_a_prefetching_data_layer(write_file, tmp_path):
@@ -303,7 +298,7 @@ def test_gpu_training_with_a_prefetching_data_layer_converges(write_file, tmp_pa
                             pythonpath=LAYERS_DIR)
     assert result.returncode == 0, result.stderr[-3000:]
     losses = training_losses(result)
-    assert losses[0] / losses[-1] >= 10, losses
+    assert losses[-1] <= losses[0] / 10, losses
     caffe.set_mode_gpu()
     try:
         py_solver = caffe.get_solver(str(solver))
@@ -318,6 +313,8 @@ def test_gpu_training_with_a_prefetching_data_layer_converges(write_file, tmp_pa
 def test_ctrl_c_stops_a_solver_step_without_python_layers(tmp_path):
     script = tmp_path / "long_step.py"
     script.write_text(textwrap.dedent(CONV_SOLVER.split("s = caffe.SGDSolver")[0]) + textwrap.dedent("""
+    import signal  # as in a terminal: a CI runner may start us with SIGINT ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     s = caffe.SGDSolver(solver.name)
     print("stepping", flush=True)
     try:

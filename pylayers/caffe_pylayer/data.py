@@ -50,7 +50,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from caffe_pylayer.base import LayerConfigError, PythonLayer
+from caffe_pylayer.base import PythonLayer
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,4 @@
 """The example's data: y = sum(x ** 2) per row, with x uniform in [-1, 1)."""
-import numpy as np
-
 from caffe_pylayer import PrefetchingDataLayer
 
 
