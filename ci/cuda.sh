@@ -3,7 +3,17 @@
 # runs nothing by itself. Needs ci/lib.sh (die, make_venv).
 # shellcheck shell=bash disable=SC2154  # repo_root comes from ci/lib.sh
 
-cuda_versions=(13.0 12.9)   # the first is what --cuda alone builds
+cuda_versions=(13.0 12.9 12.4)   # the first is what --cuda alone builds
+
+# CUDA versions whose compiler no wheel carries (NVIDIA's CUDA 12 compiler
+# wheels hold ptxas, libnvvm and libdevice only): nvcc, cicc, cudafe++,
+# fatbinary, nvlink and bin2c from Debian's nvidia-cuda-toolkit (non-free),
+# pinned by its pool path and sha256, downloaded from apt's mirror, unpacked
+# and never installed. Its programs need glibc 2.7 at most, so they run on
+# Debian 12, which cannot install the package itself.
+declare -A cuda_compiler_debs=(
+  [12.4]="pool/non-free/n/nvidia-cuda-toolkit/nvidia-cuda-toolkit_12.4.131~12.4.1-2_amd64.deb cd5fe85aee38d108b315f408a688641478f2402622a10c677478eb7a6c4e5319"
+)
 
 # The wheels of one CUDA version into a venv, each checked against its hash.
 install_cuda_wheels() {
@@ -39,13 +49,60 @@ make_cuda_root() {
   for entry in "${root}"/lib/lib*.so.*; do
     [[ -e "${entry%%.so.*}.so" ]] || ln -s "${entry##*/}" "${entry%%.so.*}.so"
   done
+  [[ -z "${cuda_compiler_debs[${version}]:-}" ]] || add_deb_compiler "${version}" "${site_packages}" "${root}"
   check_cuda_root "${version}" "${root}"
+}
+
+# The compiler of a version in cuda_compiler_debs, into a root that has the
+# wheels' headers and libraries: the .deb's programs beside the wheel's ptxas,
+# libnvvm and libdevice, and an nvcc.profile for this root (Debian's own
+# names /usr paths).
+add_deb_compiler() {
+  local version=$1 site_packages=$2 root=$3 pool_path sha256 mirror deb
+  read -r pool_path sha256 <<< "${cuda_compiler_debs[${version}]}"
+  deb="${cache_dir}/${pool_path##*/}"
+  if [[ ! -f "${deb}" ]]; then
+    mirror=$(apt_mirror)
+    [[ -n "${mirror}" ]] || die "cannot read a Debian mirror from apt's sources, for ${pool_path##*/}"
+    mkdir -p "${cache_dir}"
+    echo "    downloading ${pool_path##*/}" >&2
+    curl -fsSL --retry 2 -o "${deb}.part" "${mirror}/${pool_path}" \
+      || die "could not download ${pool_path##*/} from ${mirror}"
+    mv "${deb}.part" "${deb}"
+  fi
+  verify_sha256 "${deb}" "${sha256}"
+  local unpacked="${root}.deb" nvcc_wheel="${site_packages}/nvidia/cuda_nvcc" tool
+  rm -rf "${unpacked}"
+  dpkg-deb -x "${deb}" "${unpacked}"
+  local programs="${unpacked}/usr/lib/nvidia-cuda-toolkit/bin"
+  mkdir -p "${root}/bin" "${root}/nvvm/bin"
+  cp "${programs}/nvcc" "${root}/bin/"   # /usr/bin/nvcc is Debian's wrapper script
+  for tool in cudafe++ fatbinary nvlink bin2c; do
+    cp "${unpacked}/usr/bin/${tool}" "${root}/bin/"
+  done
+  cp "${programs}/cicc" "${root}/nvvm/bin/"
+  rm -rf "${unpacked}"
+  ln -s "${nvcc_wheel}/bin/ptxas" "${root}/bin/ptxas"
+  for tool in lib64 libdevice include; do
+    ln -s "${nvcc_wheel}/nvvm/${tool}" "${root}/nvvm/${tool}"
+  done
+  # As NVIDIA's installer writes it: everything relative to bin/.
+  cat > "${root}/bin/nvcc.profile" <<'PROFILE'
+TOP              = $(_HERE_)/..
+NVVMIR_LIBRARY_DIR = $(TOP)/nvvm/libdevice
+LD_LIBRARY_PATH += $(TOP)/lib:
+PATH            += $(TOP)/nvvm/bin:$(_HERE_):
+INCLUDES        +=  "-I$(TOP)/$(_TARGET_DIR_)/include" $(_SPACE_)
+LIBRARIES        =+ $(_SPACE_) "-L$(TOP)/$(_TARGET_DIR_)/lib$(_TARGET_SIZE_)/stubs" "-L$(TOP)/$(_TARGET_DIR_)/lib$(_TARGET_SIZE_)"
+CUDAFE_FLAGS    +=
+PTXAS_FLAGS     +=
+PROFILE
 }
 
 # Everything the build uses must be in the root before compiling starts.
 check_cuda_root() {
   local version=$1 root=$2 missing=() path
-  for path in bin/nvcc bin/fatbinary bin/nvlink nvvm/bin/cicc \
+  for path in bin/nvcc bin/fatbinary bin/nvlink bin/ptxas nvvm/bin/cicc nvvm/libdevice/libdevice.10.bc \
               include/cuda_runtime.h include/cublas_v2.h \
               include/curand.h include/cudnn.h include/nccl.h \
               lib/libcudart.so lib/libcublas.so lib/libcurand.so lib/libcudnn.so lib/libnccl.so; do

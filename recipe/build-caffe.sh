@@ -4,7 +4,7 @@
 # Written against conda-build's variables, so conda-build runs it as is; ci/build
 # exports the same variables to run it natively (a venv plays $PREFIX):
 #   PREFIX SRC_DIR PYTHON SP_DIR CPU_COUNT CMAKE_ARGS   (always)
-#   cuda_compiler_version   "None" or unset: CPU flavour; "12.9", "13.0": CUDA flavour
+#   cuda_compiler_version   "None" or unset: CPU flavour; "12.4", "12.9", "13.0": CUDA flavour
 #   CUDA_HOME               CUDA toolkit root, NCCL included, when it is not in
 #                           $PREFIX (native build: ci/build makes one from wheels)
 # and optionally, to build fewer GPU architectures than the defaults below:
@@ -60,8 +60,10 @@ if [[ -z "${cuda_compiler_version:-}" || "${cuda_compiler_version}" == "None" ]]
   cmake_args+=(-DCPU_ONLY=ON)
 else
   case "${cuda_compiler_version}" in
-    # CUDA 12.9 is the last to build for Maxwell to Volta (sm_50-72).
-    12.*) default_arch_bin="50 60 70 75 80 86 89 90 100 120" default_arch_ptx="120" ;;
+    # CUDA 12 is the last to build for Maxwell to Volta (sm_50-72); Blackwell
+    # (sm_100, sm_120) needs 12.8 or newer.
+    12.[89]) default_arch_bin="50 60 70 75 80 86 89 90 100 120" default_arch_ptx="120" ;;
+    12.*) default_arch_bin="50 60 70 75 80 86 89 90" default_arch_ptx="90" ;;
     13.*) default_arch_bin="75 80 86 89 90 100 120" default_arch_ptx="120" ;;
     *) echo "build-caffe.sh: no GPU architecture list for CUDA ${cuda_compiler_version}" >&2; exit 1 ;;
   esac

@@ -125,6 +125,9 @@ def test_libcaffe_links_cuda_exactly_when_the_flavour_is_cuda():
     cuda = os.environ["CAFFE_EXPECT_CUDA"] not in ("", "None")
     for library in ("libcudart.so", "libcublas.so", "libcurand.so", "libcudnn.so"):
         assert (library in linked.stdout) == cuda, f"{library} in ldd of {libcaffe}:\n{linked.stdout}"
+    if cuda:  # the runtime of the CUDA major it was built with (its ABI changes with each)
+        major = os.environ["CAFFE_EXPECT_CUDA"].split(".")[0]
+        assert f"libcudart.so.{major} " in linked.stdout, linked.stdout
 
 
 @pytest.mark.skipif(os.environ.get("CAFFE_EXPECT_CUDA", "None") in ("", "None"),
