@@ -46,8 +46,9 @@ def run_caffe_tool(*args: str, pythonpath: Path | None = None, cwd: Path | None 
     env.update(env_extra or {})
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
+    # backslashreplace: a log line may carry bytes that are not UTF-8 (a file name).
     return subprocess.run([str(CAFFE_TOOL), *args], env=env, cwd=cwd, capture_output=True,
-                          text=True, timeout=600)
+                          text=True, errors="backslashreplace", timeout=600)
 
 
 def training_losses(result: subprocess.CompletedProcess) -> list[float]:

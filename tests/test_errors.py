@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import caffe
-from conftest import run_caffe_tool
+from conftest import gpu_count, run_caffe_tool
 
 GOOD_NET = """
 name: "good"
@@ -161,6 +161,17 @@ def test_tool_reports_weights_that_do_not_fit(write_file, tmp_path):
     result = run_caffe_tool("test", "-model", str(model), "-weights", str(other),
                             "-iterations", "1", cwd=tmp_path)
     tool_fails(result, r"caffe test: Cannot copy param 0 weights from layer 'fc'; shape mismatch")
+
+
+@pytest.mark.skipif(os.environ.get("CAFFE_EXPECT_CUDA", "None") == "None" or gpu_count() > 0,
+                    reason="needs a CUDA build on a machine without a usable GPU")
+def test_tool_reports_an_unusable_gpu_in_one_line(write_file, tmp_path):
+    weights = saved_weights(write_file, tmp_path)
+    model = write_file("net4.prototxt", GOOD_NET % 4)
+    result = run_caffe_tool("test", "-model", str(model), "-weights", str(weights),
+                            "-gpu", "0", cwd=tmp_path)
+    tool_fails(result, r"caffe test: Check failed: error == cudaSuccess \(\d+ vs\. 0\) ")
+    assert "\\x" not in result.stderr  # no uninitialised device name in the log
 
 
 @pytest.mark.skipif(os.environ.get("CAFFE_EXPECT_CUDA", "None") != "None",

@@ -55,7 +55,7 @@ def test_caffe_train_fails_loudly_without_a_usable_gpu(write_file, tmp_path):
 
 
 @requires_gpu()
-@pytest.mark.skipif(not caffe.has_nccl(), reason="this CUDA build has no NCCL (USE_NCCL=OFF)")
+@pytest.mark.skipif(not caffe.has_nccl(), reason="this build has no NCCL (CPU-only, or USE_NCCL=OFF)")
 def test_caffe_train_trains_a_python_loss_net_on_the_gpu(write_file, tmp_path):
     solver = hdf5_regression_solver(write_file, tmp_path, mode="GPU")
     result = run_caffe_train("--solver", str(solver), "--gpus", "0", cwd=tmp_path)
@@ -198,7 +198,7 @@ def test_caffe_tool_refusal_names_the_command_with_the_users_flags(write_file, t
 
 
 @requires_gpu()
-@pytest.mark.skipif(not caffe.has_nccl(), reason="this CUDA build has no NCCL (USE_NCCL=OFF)")
+@pytest.mark.skipif(not caffe.has_nccl(), reason="this build has no NCCL (CPU-only, or USE_NCCL=OFF)")
 def test_caffe_train_matches_caffe_train_tool_with_adam_and_a_prefetching_layer(write_file, tmp_path):
     from test_data_layer import train_solver, training_losses
     from conftest import LAYERS_DIR
