@@ -60,18 +60,10 @@ make_cuda_root() {
 add_deb_compiler() {
   local version=$1 site_packages=$2 root=$3 pool_path sha256 mirror deb
   read -r pool_path sha256 <<< "${cuda_compiler_debs[${version}]}"
-  deb="${cache_dir}/${pool_path##*/}"
-  if [[ ! -f "${deb}" ]]; then
-    mirror=$(apt_mirror)
-    [[ -n "${mirror}" ]] || die "cannot read a Debian mirror from apt's sources, for ${pool_path##*/}"
-    mkdir -p "${cache_dir}"
-    echo "    downloading ${pool_path##*/}" >&2
-    curl -fsSL --retry 2 -o "${deb}.part" "${mirror}/${pool_path}" \
-      || die "could not download ${pool_path##*/} from ${mirror}"
-    mv "${deb}.part" "${deb}"
-  fi
-  verify_sha256 "${deb}" "${sha256}"
-  local unpacked="${root}.deb" nvcc_wheel="${site_packages}/nvidia/cuda_nvcc" tool
+  mirror=$(apt_mirror)
+  [[ -n "${mirror}" ]] || die "cannot read a Debian mirror from apt's sources, for ${pool_path##*/}"
+  deb=$(fetch_verified "${pool_path##*/}" "${sha256}" "${mirror}/${pool_path}")
+  local unpacked="${root}.deb" nvcc_wheel="${site_packages}/nvidia/cuda_nvcc" tool part
   rm -rf "${unpacked}"
   dpkg-deb -x "${deb}" "${unpacked}"
   local programs="${unpacked}/usr/lib/nvidia-cuda-toolkit/bin"
@@ -83,8 +75,8 @@ add_deb_compiler() {
   cp "${programs}/cicc" "${root}/nvvm/bin/"
   rm -rf "${unpacked}"
   ln -s "${nvcc_wheel}/bin/ptxas" "${root}/bin/ptxas"
-  for tool in lib64 libdevice include; do
-    ln -s "${nvcc_wheel}/nvvm/${tool}" "${root}/nvvm/${tool}"
+  for part in lib64 libdevice include; do
+    ln -s "${nvcc_wheel}/nvvm/${part}" "${root}/nvvm/${part}"
   done
   # As NVIDIA's installer writes it: everything relative to bin/.
   cat > "${root}/bin/nvcc.profile" <<'PROFILE'

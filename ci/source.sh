@@ -17,15 +17,21 @@ fetch_source() {
       sha256) sha256="${value}" ;;
     esac
   done < <(recipe_source)
-  local file="${urls[0]##*/}"
-  local path="${cache_dir}/${file}"
-  local mirror
+  local file="${urls[0]##*/}" mirror
   mirror=$(apt_mirror)
   [[ -z "${mirror}" ]] || urls=("${mirror}/pool/main/c/caffe/${file}" "${urls[@]}")
+  fetch_verified "${file}" "${sha256}" "${urls[@]}"
+}
+
+# A file into the cache from the first of the URLs that serves it (unless it
+# is there already), checked against its sha256. Prints its path.
+fetch_verified() {
+  local file=$1 sha256=$2 url
+  shift 2
+  local path="${cache_dir}/${file}"
   mkdir -p "${cache_dir}"
   if [[ ! -f "${path}" ]]; then
-    local url
-    for url in "${urls[@]}"; do
+    for url in "$@"; do
       echo "    downloading ${url}" >&2
       if curl -fsSL --retry 2 -o "${path}.part" "${url}"; then
         mv "${path}.part" "${path}"
@@ -33,7 +39,7 @@ fetch_source() {
       fi
       echo "    failed: ${url}" >&2
     done
-    [[ -f "${path}" ]] || die "could not download ${file} from any of ${#urls[@]} URLs"
+    [[ -f "${path}" ]] || die "could not download ${file} from any of $# URLs"
   fi
   verify_sha256 "${path}" "${sha256}"
   echo "${path}"
