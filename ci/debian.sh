@@ -12,7 +12,13 @@ apt_build_deps=(
   graphviz
 )
 # Boost >= 1.89 (Debian sid) has no boost_system library or package any more.
-[[ "${CAFFE_DISTRO:-}" == sid ]] || apt_build_deps+=(libboost-system-dev)
+# oneDNN: Debian 12's libdnnl-dev is 2.6 (an older API), so the native build
+# takes oneDNN 3.2 from PyPI (ci/onednn.txt); sid has oneDNN 3.
+if [[ "${CAFFE_DISTRO:-}" == sid ]]; then
+  apt_build_deps+=(libdnnl-dev)
+else
+  apt_build_deps+=(libboost-system-dev)
+fi
 
 # From Debian experimental when building in the sid chroot (ci/build --distro
 # sid): the newest protobuf, glog and OpenCV, as conda-forge's next pins. Their

@@ -15,6 +15,9 @@ machine has:
 - python: a venv-style prefix over Debian's interpreter (pyvenv.cfg);
 - Python packages (NumPy, SciPy, protobuf, pytest, ...): their PyPI wheels,
   unpacked into site-packages, with the dependencies their metadata declares;
+- onednn: conda-forge's oneDNN (OpenMP runtime, run_exports up to the next
+  major version), made from PyPI's onednn-cpu-gomp and onednn-devel-cpu-gomp
+  wheels that ci/onednn.txt pins (the native build's oneDNN);
 - gcc_linux-64 / gxx_linux-64: Debian's GCC, with conda-forge's own activation
   scripts (the templates named by --activation, filled in with conda-forge's
   linux-64 flags), so CC, CFLAGS, LDFLAGS and CMAKE_ARGS are conda-forge's;
@@ -442,6 +445,44 @@ def cuda_packages(site: Path, cuda_version: str, nvcc_recipe: Path) -> list[Pack
     ]
 
 
+def onednn_package(wheels: Path, staging: Path) -> Package:
+    """conda-forge's onednn from the wheels in ci/onednn.txt: their data
+    folders hold lib/libdnnl.so*, include/ and lib/cmake/dnnl/ in a prefix's
+    layout. The version is oneDNN's own (3.2.0), not the wheels' (2023.2.0)."""
+    requirements = Path(__file__).with_name("onednn.txt")
+    wheels.mkdir(parents=True, exist_ok=True)
+    downloaded = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "-q", "--disable-pip-version-check", "--no-deps",
+         "--require-hashes", "-r", str(requirements), "-d", str(wheels)], capture_output=True, text=True)
+    if downloaded.returncode != 0:
+        raise StandInError(f"pip could not download the oneDNN wheels: {downloaded.stderr.strip()[-500:]}")
+    unpacked = staging / "onednn"
+    names = []
+    for wheel in sorted(wheels.glob("onednn_*cpu_gomp-*.whl")):
+        names.append(wheel.name)
+        with zipfile.ZipFile(wheel) as archive:
+            for info in archive.infolist():
+                folder, _, path = info.filename.partition(".data/data/")
+                if path and not info.is_dir() and "/" not in folder:
+                    (unpacked / path).parent.mkdir(parents=True, exist_ok=True)
+                    (unpacked / path).write_bytes(archive.read(info))
+    header = unpacked / "include" / "oneapi" / "dnnl" / "dnnl_version.h"
+    if len(names) != 2 or not header.exists():
+        raise StandInError(f"the oneDNN wheels in {wheels} lack the library or its headers: {names}")
+    numbers = dict(re.findall(r"#define DNNL_VERSION_(MAJOR|MINOR|PATCH) (\d+)", header.read_text()))
+    version = f"{numbers['MAJOR']}.{numbers['MINOR']}.{numbers['PATCH']}"
+    package = Package("onednn", version, f"PyPI's {' and '.join(names)}", build="omp_wheel_0",
+                      run_exports={"weak": [pin("onednn", version, 1)]})
+    # Wheels hold no links: libdnnl.so and .so.3 are copies of .so.3.x, linked again here.
+    libraries = sorted(unpacked.glob("lib/libdnnl.so*"), key=lambda path: len(path.name))
+    for path in sorted(unpacked.rglob("*")):
+        if path.is_file() and path not in libraries[:-1]:
+            package.copies[str(path.relative_to(unpacked))] = path
+    for path in libraries[:-1]:
+        package.links[f"lib/{path.name}"] = libraries[-1].name
+    return package
+
+
 def conda_name(pypi_name: str) -> str:
     return re.sub(r"[-_.]+", "-", pypi_name).lower()
 
@@ -619,7 +660,7 @@ def main() -> int:
         work = args.channel / "work"
         work.mkdir(parents=True)
         packages = [*library_packages(python_version), *python_packages(python_version),
-                    *toolchain_packages(args.activation)]
+                    *toolchain_packages(args.activation), onednn_package(args.wheels / "onednn", work)]
         if args.cuda:
             packages += cuda_packages(args.cuda_wheels, args.cuda, args.cuda_nvcc_recipe)
         patch_cblas(work, next(p for p in packages if p.name == "libcblas"))

@@ -34,6 +34,7 @@ cmake_args=(
   -DUSE_LEVELDB=ON
   -DUSE_LMDB=ON
   -DUSE_HDF5=ON
+  -DUSE_ONEDNN=ON                   # oneDNN's primitives for the CPU layers (patches 0039, 0040)
   -DBUILD_python=ON
   -DBUILD_python_layer=ON
   -Dpython_version=3

@@ -1,0 +1,218 @@
+"""The oneDNN engine of the CPU layers: it runs by default in CPU mode, trains
+to the losses of Caffe's own code, falls back where it must (saying so once per
+layer), sees new weights, and is chosen by engine: or CAFFE_ENGINE."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import caffe
+from conftest import run_caffe_tool
+
+ENGINE_LAYERS = ("Convolution", "Pooling", "ReLU", "InnerProduct")
+ENGINE_FIELD = {"Convolution": "convolution_param", "Pooling": "pooling_param",
+                "ReLU": "relu_param", "InnerProduct": "inner_product_param"}
+
+# Two convolutions (one grouped and dilated), MAX and AVE pooling, ReLU with a
+# negative slope, two inner products, softmax loss.
+NET = """
+name: "engine"
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 32 dim: 1 dim: 12 dim: 12 }} }} }}
+layer {{ name: "label" type: "Input" top: "label" input_param {{ shape {{ dim: 32 }} }} }}
+layer {{ name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param {{ num_output: 8 kernel_size: 3 pad: 1 {engine}
+          weight_filler {{ type: "xavier" }} bias_filler {{ type: "constant" value: 0.1 }} }} }}
+layer {{ name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" relu_param {{ negative_slope: 0.1 {engine} }} }}
+layer {{ name: "pool1" type: "Pooling" bottom: "conv1" top: "pool1"
+        pooling_param {{ pool: MAX kernel_size: 3 stride: 2 {engine} }} }}
+layer {{ name: "conv2" type: "Convolution" bottom: "pool1" top: "conv2"
+        convolution_param {{ num_output: 16 kernel_size: 3 dilation: 2 pad: 2 group: 2 {engine}
+          weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu2" type: "ReLU" bottom: "conv2" top: "conv2" relu_param {{ {engine} }} }}
+layer {{ name: "pool2" type: "Pooling" bottom: "conv2" top: "pool2"
+        pooling_param {{ pool: AVE kernel_size: 2 stride: 2 {engine} }} }}
+layer {{ name: "ip1" type: "InnerProduct" bottom: "pool2" top: "ip1"
+        inner_product_param {{ num_output: 32 {engine} weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu3" type: "ReLU" bottom: "ip1" top: "ip1" relu_param {{ {engine} }} }}
+layer {{ name: "ip2" type: "InnerProduct" bottom: "ip1" top: "ip2"
+        inner_product_param {{ num_output: 4 transpose: true {engine} weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "loss" type: "SoftmaxWithLoss" bottom: "ip2" bottom: "label" top: "loss" }}
+"""
+SOLVER = """
+net: "{net}"
+base_lr: 0.05
+momentum: 0.9
+lr_policy: "fixed"
+random_seed: 7
+max_iter: 1000
+display: 0
+snapshot_after_train: false
+solver_mode: CPU
+"""
+
+# Trains NET from one seed on a fixed data set of four patterns (a bright
+# quadrant each) and prints the losses as JSON; run in a child process, so
+# that ONEDNN_VERBOSE (read once, when oneDNN starts) shows the primitives.
+TRAIN = """
+import json, sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+solver = caffe.SGDSolver(sys.argv[1])
+rng = np.random.default_rng(0)
+labels = np.arange(32) % 4
+images = rng.normal(0, 0.3, (32, 1, 12, 12)).astype(np.float32)
+for i, label in enumerate(labels):
+    row, col = divmod(int(label), 2)
+    images[i, 0, row * 6:row * 6 + 6, col * 6:col * 6 + 6] += 1.0
+losses = []
+for _ in range(40):
+    solver.net.blobs["data"].data[...] = images
+    solver.net.blobs["label"].data[...] = labels
+    solver.step(1)
+    losses.append(float(solver.net.blobs["loss"].data))
+print(json.dumps(losses))
+"""
+
+
+def engine_clause(engine: str | None) -> str:
+    return f"engine: {engine}" if engine else ""
+
+
+def train(tmp_path: Path, engine: str | None, env_extra: dict[str, str] | None = None):
+    """Losses of 40 SGD steps, and the primitives oneDNN ran (their kinds)."""
+    folder = tmp_path / (engine or "default")
+    folder.mkdir()
+    net = folder / "net.prototxt"
+    net.write_text(NET.format(engine=engine_clause(engine)))
+    solver = folder / "solver.prototxt"
+    solver.write_text(SOLVER.format(net=net))
+    env = dict(os.environ, ONEDNN_VERBOSE="1", GLOG_minloglevel="1", **(env_extra or {}))
+    result = subprocess.run([sys.executable, "-c", TRAIN, str(solver)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    ran = set()
+    for line in lines:
+        fields = line.split(",")
+        if fields[0] == "onednn_verbose" and "exec" in fields:
+            ran.add(fields[fields.index("exec") + 2])  # exec,cpu,<kind>: the format varies by version
+    return json.loads(lines[-1]), ran
+
+
+def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path):
+    onednn, ran = train(tmp_path, None)
+    own, ran_own = train(tmp_path, "CAFFE")
+    assert {"convolution", "pooling", "eltwise", "inner_product"} <= ran
+    assert not ran_own & {"convolution", "pooling", "eltwise", "inner_product"}
+    assert onednn[-1] <= onednn[0] / 10, onednn  # it learns
+    # The same start (one seed) and data: the same losses, up to rounding.
+    np.testing.assert_allclose(onednn[:10], own[:10], rtol=1e-3, atol=1e-5)
+    np.testing.assert_allclose(onednn, own, rtol=0.05, atol=1e-4)
+
+
+def test_caffe_engine_variable_runs_caffes_own_code(tmp_path):
+    own, ran = train(tmp_path, None, {"CAFFE_ENGINE": "caffe"})
+    assert not ran & {"convolution", "pooling", "eltwise", "inner_product"}
+    explicit, ran_explicit = train(tmp_path, "ONEDNN", {"CAFFE_ENGINE": "caffe"})
+    assert "convolution" in ran_explicit  # a layer's own engine: wins over the variable
+
+
+def test_a_bad_caffe_engine_value_is_an_error(write_file, monkeypatch):
+    monkeypatch.setenv("CAFFE_ENGINE", "onednn-please")
+    net = write_file("net.prototxt", NET.format(engine=""))
+    with pytest.raises(caffe.CaffeError, match=r"CAFFE_ENGINE=onednn-please: the values are caffe"):
+        caffe.Net(str(net), caffe.TEST)
+
+
+def deploy_outputs(net_path: Path, weights: Path, data: np.ndarray) -> np.ndarray:
+    net = caffe.Net(str(net_path), caffe.TEST, weights=str(weights))
+    net.blobs["data"].data[...] = data
+    net.forward()
+    return net.blobs["ip2"].data.copy()
+
+
+def test_deploy_forward_equals_caffes_engine_and_sees_new_weights(write_file, tmp_path):
+    onednn_net = write_file("onednn.prototxt", NET.format(engine=""))
+    own_net = write_file("caffe.prototxt", NET.format(engine="engine: CAFFE"))
+    weights = tmp_path / "w.caffemodel"
+    caffe.Net(str(onednn_net), caffe.TEST).save(str(weights))
+    data = np.random.default_rng(1).normal(size=(32, 1, 12, 12)).astype(np.float32)
+
+    net = caffe.Net(str(onednn_net), caffe.TEST, weights=str(weights))
+    net.blobs["data"].data[...] = data
+    net.forward()
+    first = net.blobs["ip2"].data.copy()
+    np.testing.assert_allclose(first, deploy_outputs(own_net, weights, data), rtol=1e-4, atol=1e-5)
+    # oneDNN keeps reordered weights between calls: a write through .data is seen.
+    net.params["conv1"][0].data[...] *= -1
+    net.params["ip2"][0].data[...] *= 2
+    net.forward()
+    second = net.blobs["ip2"].data.copy()
+    assert not np.allclose(first, second)
+    own = caffe.Net(str(own_net), caffe.TEST, weights=str(weights))
+    own.params["conv1"][0].data[...] *= -1
+    own.params["ip2"][0].data[...] *= 2
+    own.blobs["data"].data[...] = data
+    own.forward()
+    np.testing.assert_allclose(second, own.blobs["ip2"].data, rtol=1e-4, atol=1e-5)
+
+
+FALLBACK_NET = """
+name: "fallback"
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 2 dim: 4 dim: 5 dim: 6 } } }
+layer { name: "conv3d" type: "Convolution" bottom: "data" top: "conv3d"
+        convolution_param { num_output: 2 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "flat" type: "Reshape" bottom: "conv3d" top: "flat"
+        reshape_param { shape { dim: 2 dim: 8 dim: 5 dim: 6 } } }
+layer { name: "pool" type: "Pooling" bottom: "flat" top: "pool" top: "mask"
+        pooling_param { pool: MAX kernel_size: 2 stride: 2 } }
+layer { name: "relu" type: "ReLU" bottom: "pool" top: "relu" }
+"""
+
+
+def test_what_onednn_cannot_run_falls_back_with_one_line_per_layer(write_file):
+    net = write_file("net.prototxt", FALLBACK_NET)
+    result = run_caffe_tool("time", "-model", str(net), "-iterations", "3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if "runs on Caffe's engine" in line]
+    assert len(lines) == 2, lines
+    assert "Layer conv3d: runs on Caffe's engine, not oneDNN's: a convolution over 3 spatial axes" in lines[0]
+    assert "Layer pool: runs on Caffe's engine, not oneDNN's: its second top asks for the MAX pooling mask" in lines[1]
+
+
+def test_fallback_results_equal_caffes_engine(write_file):
+    path = write_file("net.prototxt", FALLBACK_NET)
+    data = np.random.default_rng(2).normal(size=(2, 2, 4, 5, 6)).astype(np.float32)
+    outputs = []
+    for engine in (None, "caffe"):
+        if engine:
+            os.environ["CAFFE_ENGINE"] = engine
+        try:
+            caffe.set_random_seed(3)
+            net = caffe.Net(str(path), caffe.TEST)
+        finally:
+            os.environ.pop("CAFFE_ENGINE", None)
+        net.blobs["data"].data[...] = data
+        out = net.forward()
+        outputs.append((out["relu"].copy(), out["mask"].copy()))
+    np.testing.assert_allclose(outputs[0][0], outputs[1][0], rtol=1e-5)
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+
+
+def test_libcaffe_links_onednn():
+    """A oneDNN missing at run time is the loader's error naming libdnnl at
+    import of caffe, not a failure mid-net: libcaffe links it directly."""
+    libcaffe = Path(sys.prefix) / "lib" / "libcaffe.so"
+    dynamic = subprocess.run(["readelf", "-d", str(libcaffe)], capture_output=True, text=True,
+                             check=True).stdout
+    assert "[libdnnl.so.3]" in dynamic
+    resolved = subprocess.run(["ldd", str(libcaffe)], capture_output=True, text=True, check=True).stdout
+    line = next(line for line in resolved.splitlines() if "libdnnl.so.3" in line)
+    assert "not found" not in line, line
