@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -212,7 +213,44 @@ def test_libcaffe_links_onednn():
     libcaffe = Path(sys.prefix) / "lib" / "libcaffe.so"
     dynamic = subprocess.run(["readelf", "-d", str(libcaffe)], capture_output=True, text=True,
                              check=True).stdout
-    assert "[libdnnl.so.3]" in dynamic
+    soname = re.search(r"\[(libdnnl\.so\.[0-9.]+)\]", dynamic)
+    assert soname, dynamic  # libdnnl.so.3 (oneDNN's own), or Debian's libdnnl.so.3.6
     resolved = subprocess.run(["ldd", str(libcaffe)], capture_output=True, text=True, check=True).stdout
-    line = next(line for line in resolved.splitlines() if "libdnnl.so.3" in line)
+    line = next(line for line in resolved.splitlines() if soname.group(1) in line)
     assert "not found" not in line, line
+
+
+THREADS_PROBE = """
+import sys
+import caffe
+caffe.set_mode_cpu()
+net = caffe.Net(sys.argv[1], caffe.TEST)
+net.forward()
+"""
+THREADS_NET = """
+layer { name: "data" type: "Input" top: "x" input_param { shape { dim: 1 dim: 3 dim: 8 dim: 8 } } }
+layer { name: "conv" type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 4 kernel_size: 3 } }
+"""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def onednn_threads(net: Path, **settings: str) -> int:
+    """The thread count oneDNN reports (ONEDNN_VERBOSE's header) for a net's forward."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    env.update(settings, ONEDNN_VERBOSE="1", GLOG_minloglevel="2")
+    result = subprocess.run([sys.executable, "-c", THREADS_PROBE, str(net)], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = re.search(r"runtime:OpenMP,nthr:(\d+)", result.stdout)
+    assert found, result.stdout[-2000:]
+    return int(found.group(1))
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to tell thread counts apart")
+def test_onednn_threads_follow_omp_and_blas_settings(write_file):
+    net = write_file("net.prototxt", THREADS_NET)
+    assert onednn_threads(net) == len(os.sched_getaffinity(0))
+    assert onednn_threads(net, OPENBLAS_NUM_THREADS="1") == 1
+    assert onednn_threads(net, MKL_NUM_THREADS="1") == 1
+    assert onednn_threads(net, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="1") == 2
+    assert onednn_threads(net, OMP_NUM_THREADS="1") == 1
