@@ -16,9 +16,8 @@ import pytest
 import caffe
 from conftest import run_caffe_tool
 
-ENGINE_LAYERS = ("Convolution", "Pooling", "ReLU", "InnerProduct")
-ENGINE_FIELD = {"Convolution": "convolution_param", "Pooling": "pooling_param",
-                "ReLU": "relu_param", "InnerProduct": "inner_product_param"}
+# What ONEDNN_VERBOSE calls the primitives of the four engine layers.
+ENGINE_PRIMITIVES = {"convolution", "pooling", "eltwise", "inner_product"}
 
 # Two convolutions (one grouped and dilated), MAX and AVE pooling, ReLU with a
 # negative slope, two inner products, softmax loss.
@@ -110,8 +109,8 @@ def train(tmp_path: Path, engine: str | None, env_extra: dict[str, str] | None =
 def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path):
     onednn, ran = train(tmp_path, None)
     own, ran_own = train(tmp_path, "CAFFE")
-    assert {"convolution", "pooling", "eltwise", "inner_product"} <= ran
-    assert not ran_own & {"convolution", "pooling", "eltwise", "inner_product"}
+    assert ENGINE_PRIMITIVES <= ran
+    assert not ran_own & ENGINE_PRIMITIVES
     assert onednn[-1] <= onednn[0] / 10, onednn  # it learns
     # The same start (one seed) and data: the same losses, up to rounding.
     np.testing.assert_allclose(onednn[:10], own[:10], rtol=1e-3, atol=1e-5)
@@ -119,9 +118,9 @@ def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path):
 
 
 def test_caffe_engine_variable_runs_caffes_own_code(tmp_path):
-    own, ran = train(tmp_path, None, {"CAFFE_ENGINE": "caffe"})
-    assert not ran & {"convolution", "pooling", "eltwise", "inner_product"}
-    explicit, ran_explicit = train(tmp_path, "ONEDNN", {"CAFFE_ENGINE": "caffe"})
+    _, ran = train(tmp_path, None, {"CAFFE_ENGINE": "caffe"})
+    assert not ran & ENGINE_PRIMITIVES
+    _, ran_explicit = train(tmp_path, "ONEDNN", {"CAFFE_ENGINE": "caffe"})
     assert "convolution" in ran_explicit  # a layer's own engine: wins over the variable
 
 
@@ -188,18 +187,14 @@ def test_what_onednn_cannot_run_falls_back_with_one_line_per_layer(write_file):
     assert "Layer pool: runs on Caffe's engine, not oneDNN's: its second top asks for the MAX pooling mask" in lines[1]
 
 
-def test_fallback_results_equal_caffes_engine(write_file):
+def test_fallback_results_equal_caffes_engine(write_file, monkeypatch):
     path = write_file("net.prototxt", FALLBACK_NET)
     data = np.random.default_rng(2).normal(size=(2, 2, 4, 5, 6)).astype(np.float32)
     outputs = []
-    for engine in (None, "caffe"):
-        if engine:
-            os.environ["CAFFE_ENGINE"] = engine
-        try:
-            caffe.set_random_seed(3)
-            net = caffe.Net(str(path), caffe.TEST)
-        finally:
-            os.environ.pop("CAFFE_ENGINE", None)
+    for engine in ("default", "caffe"):
+        monkeypatch.setenv("CAFFE_ENGINE", engine)
+        caffe.set_random_seed(3)
+        net = caffe.Net(str(path), caffe.TEST)
         net.blobs["data"].data[...] = data
         out = net.forward()
         outputs.append((out["relu"].copy(), out["mask"].copy()))
