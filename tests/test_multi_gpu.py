@@ -152,6 +152,20 @@ def test_caffe_train_names_a_bad_solver_type_or_missing_file(write_file, tmp_pat
     assert result.returncode == 1 and "solver file not found: nothere.prototxt" in result.stderr
 
 
+@pytest.mark.parametrize("field", ["net", "train_net", "test_net"])
+def test_caffe_train_names_a_missing_net_file_before_any_rank_starts(write_file, tmp_path, field):
+    solver_file, net = input_regression_solver(write_file, tmp_path)
+    text = solver_file.read_text().replace(f'net: "{net}"', f'{field}: "missing.prototxt"')
+    if field == "test_net":  # with a train net that exists
+        text += f'train_net: "{net}"\ntest_iter: 1\ntest_interval: 10\n'
+    solver = write_file("missing_net.prototxt", text)
+    result = run_caffe_train("--solver", str(solver), "--gpus", "0,1", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert (f"{field} file not found: missing.prototxt (named by {field} in {solver})"
+            in result.stderr)
+    assert "Using devices" not in result.stderr   # no rank started
+
+
 PYTHON_LAYER = ('layer {{ name: "probe" type: "Python" bottom: "x" top: "x2" {rule} '
                 'python_param {{ module: "pyloss" layer: "EuclideanLossLayer" }} }}')
 PLAIN_NET = """

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import pickle
 import queue
 import signal
 import threading
@@ -87,20 +88,73 @@ def _load(dataset: Any, index: int, rng_seed: Sequence[int], num_tops: int) -> t
     if len(batch) != num_tops:
         raise DataLoadError(f"load_batch({index}) returned {len(batch)} arrays for "
                             f"{num_tops} tops")
-    arrays = []
-    for top, item in enumerate(batch):
-        try:
-            if isinstance(item, (str, bytes)):
-                raise TypeError
-            arrays.append(np.ascontiguousarray(item, dtype=np.float32))
-        except (TypeError, ValueError):
-            raise DataLoadError(f"load_batch({index}) returned a {type(item).__name__} for "
-                                f"top {top}, not an array of numbers") from None
+    arrays = [_top_array(index, top, item) for top, item in enumerate(batch)]
     shapes = [a.shape for a in arrays]
-    if any(not s for s in shapes) or len({s[0] for s in shapes}) > 1:
+    if len({s[0] for s in shapes}) > 1:
         raise DataLoadError(f"load_batch({index}) returned arrays whose first (batch) "
                             f"dimensions disagree: shapes {shapes}")
     return tuple(arrays)
+
+
+# Array kinds a top can take: bool, signed and unsigned integers, floats.
+# NumPy turns None, strings and other objects into object or string arrays
+# (and float32 would turn None into NaN): those are refused.
+_NUMERIC_KINDS = "biuf"
+
+
+def _top_array(index: int, top: int, item: Any) -> np.ndarray:
+    """One top's array of a batch, as float32; DataLoadError if it is not numbers."""
+    what = f"load_batch({index}) returned a {type(item).__name__}"
+    try:
+        array = np.asarray(item)
+    except (TypeError, ValueError):  # ragged nested sequences
+        raise DataLoadError(f"{what} for top {top}, not an array of numbers") from None
+    if array.dtype.kind not in _NUMERIC_KINDS:
+        if isinstance(item, np.ndarray):
+            what += f" of dtype {array.dtype}"
+        raise DataLoadError(f"{what} for top {top}, not an array of numbers")
+    if array.ndim == 0:
+        raise DataLoadError(f"{what} for top {top}, a scalar: a batch needs a first "
+                            f"(batch) axis")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class WorkerError(Exception):
+    """Stands for an exception of a worker process that could not be pickled.
+
+    Its class is named after the original's type; its message is the
+    original's, and its ``__cause__`` carries the worker's traceback.
+    """
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised in a worker process."""
+
+    def __str__(self) -> str:
+        return f"\n\nin the worker process:\n{self.args[0]}"
+
+
+def _error_message(error: BaseException) -> tuple:
+    """An exception as a worker process sends it: the exception itself where it
+    survives pickling, else its type's name and message; and its traceback."""
+    text = traceback.format_exc()
+    try:
+        pickle.loads(pickle.dumps(error))
+        return ("error", error, text)
+    except Exception:  # noqa: BLE001 (anything can fail while pickling)
+        return ("error-unpicklable", (type(error).__name__, str(error)), text)
+
+
+def _rebuilt(outcome: tuple) -> BaseException:
+    """The exception a worker process sent, its traceback as its cause."""
+    kind, payload, text = outcome
+    if kind == "error":
+        error = payload
+    else:
+        name, message = payload
+        error = type(name, (WorkerError,), {"__module__": __name__})(message)
+    error.__cause__ = RemoteTraceback(text)
+    return error
 
 
 def _process_worker(connection, dataset_class, params, num_tops) -> None:
@@ -109,7 +163,7 @@ def _process_worker(connection, dataset_class, params, num_tops) -> None:
     try:
         dataset = dataset_class(params)
     except BaseException as error:  # noqa: BLE001 (reported to the layer)
-        connection.send(("error", _describe(error), traceback.format_exc()))
+        connection.send(_error_message(error))
         return
     while True:
         try:
@@ -122,7 +176,7 @@ def _process_worker(connection, dataset_class, params, num_tops) -> None:
         try:
             connection.send(("ok", _load(dataset, index, rng_seed, num_tops)))
         except BaseException as error:  # noqa: BLE001
-            connection.send(("error", _describe(error), traceback.format_exc()))
+            connection.send(_error_message(error))
 
 
 def _describe(error: BaseException) -> str:
@@ -136,19 +190,24 @@ class _ThreadWorker:
         self.name = name
         self._tasks: queue.SimpleQueue = queue.SimpleQueue()
         self._results: queue.SimpleQueue = queue.SimpleQueue()
-        # The thread holds the data set and queues, never the layer: the layer
-        # can be freed (and stop it) while the thread waits.
-        self._thread = threading.Thread(target=self._run, args=(dataset, num_tops),
-                                        name=name, daemon=True)
+        self._stopping = threading.Event()
+        # The thread holds the data set, queues and event, never the layer: the
+        # layer can be freed (and stop it) while the thread works.
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True,
+                                        args=(dataset, num_tops, self._tasks, self._results,
+                                              self._stopping))
         self._thread.start()
 
-    def _run(self, dataset: Any, num_tops: int) -> None:
-        while (task := self._tasks.get()) is not None:
+    @staticmethod
+    def _run(dataset: Any, num_tops: int, tasks: queue.SimpleQueue,
+             results: queue.SimpleQueue, stopping: threading.Event) -> None:
+        # After stop(), the batch in progress ends and no queued one starts.
+        while (task := tasks.get()) is not None and not stopping.is_set():
             index, rng_seed = task
             try:
-                self._results.put(("ok", _load(dataset, index, rng_seed, num_tops)))
+                results.put(("ok", _load(dataset, index, rng_seed, num_tops)))
             except BaseException as error:  # noqa: BLE001 (re-raised by the layer)
-                self._results.put(("error", error))
+                results.put(("error", error))
 
     def submit(self, index: int, rng_seed: Sequence[int]) -> None:
         self._tasks.put((index, rng_seed))
@@ -157,8 +216,9 @@ class _ThreadWorker:
         return self._results.get()
 
     def stop(self) -> None:
-        self._tasks.put(None)
-        self._thread.join(timeout=10)
+        """Returns at once; the thread ends when the batch in progress does."""
+        self._stopping.set()
+        self._tasks.put(None)  # wakes a thread that waits for a task
 
 
 class _ProcessWorker:
@@ -194,14 +254,13 @@ class _ProcessWorker:
                              f"{_exit_status(self._process.exitcode)}")
 
     def stop(self) -> None:
-        try:
-            self._connection.send(None)
-        except (BrokenPipeError, OSError):
-            pass
-        self._process.join(timeout=10)
+        """Ends the process now: what it loads is not wanted any more."""
         if self._process.is_alive():
             self._process.terminate()
-            self._process.join(timeout=5)
+        self._process.join(timeout=5)
+        if self._process.is_alive():  # SIGTERM blocked by the data set's code
+            self._process.kill()
+            self._process.join()
         self._connection.close()
 
 
@@ -307,10 +366,11 @@ class PrefetchingDataLayer(PythonLayer):
         self._request_next()
         if outcome[0] == "ok":
             return outcome[1]
-        where = f"{self.describe()}: batch {index} (worker {worker.name})"
-        if len(outcome) == 2:  # a thread's exception, with its own traceback
-            raise DataLoadError(f"{where}: {_describe(outcome[1])}") from outcome[1]
-        raise DataLoadError(f"{where}: {outcome[1]}\n\nin the worker process:\n{outcome[2]}")
+        # A thread sends its exception, with its traceback; a process what
+        # _error_message made of it.
+        error = outcome[1] if len(outcome) == 2 else _rebuilt(outcome)
+        raise DataLoadError(f"{self.describe()}: batch {index} (worker {worker.name}): "
+                            f"{_describe(error)}") from error
 
     def reshape(self, bottom: Sequence[Any], top: Sequence[Any]) -> None:
         if self._current is None:
