@@ -105,7 +105,7 @@ def test_a_loader_exception_reaches_forward_with_its_traceback(write_file):
 
 BAD_BATCHES = [
     ("count", r"load_batch\(0\) returned 1 arrays for 2 tops"),
-    ("shapes", r"first \(batch\) dimensions disagree: shapes \[\(2, 3\), \(1, 1\)\]"),
+    ("shapes", r"load_batch\(0\) returned arrays whose first \(batch\) dimensions disagree: shapes \[\(2, 3\), \(1, 1\)\]"),
     ("type", r"load_batch\(0\) returned a str for top 1, not an array of numbers"),
     ("none-label", r"load_batch\(0\) returned a NoneType for top 1, not an array of numbers"),
     ("objects", r"load_batch\(0\) returned a ndarray of dtype object for top 1, not an array"),
