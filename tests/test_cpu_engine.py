@@ -86,7 +86,7 @@ def engine_clause(engine: str | None) -> str:
 
 
 def train(tmp_path: Path, engine: str | None, env_extra: dict[str, str] | None = None):
-    """Losses of 40 SGD steps, and the primitives oneDNN ran (their kinds)."""
+    """Losses of 40 SGD steps, and the primitives oneDNN ran: {kind: implementations}."""
     folder = tmp_path / (engine or "default")
     folder.mkdir()
     net = folder / "net.prototxt"
@@ -98,19 +98,43 @@ def train(tmp_path: Path, engine: str | None, env_extra: dict[str, str] | None =
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
-    ran = set()
+    ran: dict[str, set[str]] = {}
     for line in lines:
         fields = line.split(",")
         if fields[0] == "onednn_verbose" and "exec" in fields:
-            ran.add(fields[fields.index("exec") + 2])  # exec,cpu,<kind>: the format varies by version
+            # exec,cpu,<kind>,<implementation>: where exec stands varies by version
+            at = fields.index("exec")
+            ran.setdefault(fields[at + 2], set()).add(fields[at + 3])
     return json.loads(lines[-1]), ran
 
 
-def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path):
-    onednn, ran = train(tmp_path, None)
-    own, ran_own = train(tmp_path, "CAFFE")
-    assert ENGINE_PRIMITIVES <= ran
-    assert not ran_own & ENGINE_PRIMITIVES
+def is_reference(implementation: str) -> bool:
+    return implementation.startswith(("ref", "simple"))
+
+
+# oneDNN's kernels depend on the ISA level: the native one, what a CPU without
+# AVX-512 or without AVX has, and a value oneDNN does not know (it ignores it).
+ISA_LEVELS = [None, "AVX2", "SSE41", "NOT_AN_ISA"]
+
+
+@pytest.mark.parametrize("isa", ISA_LEVELS, ids=[i or "native" for i in ISA_LEVELS])
+def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path, isa):
+    env = {"ONEDNN_MAX_CPU_ISA": isa} if isa else {}
+    onednn, ran = train(tmp_path, None, env)
+    explicit, ran_explicit = train(tmp_path, "ONEDNN", env)
+    own, ran_own = train(tmp_path, "CAFFE", env)
+    assert ENGINE_PRIMITIVES <= ran_explicit.keys()
+    assert {"convolution", "eltwise", "inner_product"} <= ran.keys()
+    assert not ran_own.keys() & ENGINE_PRIMITIVES
+    # A layer that names no engine never runs oneDNN's reference loops: where
+    # oneDNN has only those (pooling on a plain layout below AVX-512), Caffe's code.
+    assert not any(is_reference(i) for kind in ENGINE_PRIMITIVES for i in ran.get(kind, ())), ran
+    assert ("pooling" in ran) == (not any(map(is_reference, ran_explicit["pooling"])))
+    assert onednn[-1] <= onednn[0] / 10, onednn  # it learns
+    # The same start (one seed) and data: the same losses, up to rounding.
+    for losses in (onednn, explicit):
+        np.testing.assert_allclose(losses[:10], own[:10], rtol=1e-3, atol=1e-5)
+        np.testing.assert_allclose(losses, own, rtol=0.05, atol=1e-4)
     assert onednn[-1] <= onednn[0] / 10, onednn  # it learns
     # The same start (one seed) and data: the same losses, up to rounding.
     np.testing.assert_allclose(onednn[:10], own[:10], rtol=1e-3, atol=1e-5)
@@ -119,7 +143,7 @@ def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path):
 
 def test_caffe_engine_variable_runs_caffes_own_code(tmp_path):
     _, ran = train(tmp_path, None, {"CAFFE_ENGINE": "caffe"})
-    assert not ran & ENGINE_PRIMITIVES
+    assert not ran.keys() & ENGINE_PRIMITIVES
     _, ran_explicit = train(tmp_path, "ONEDNN", {"CAFFE_ENGINE": "caffe"})
     assert "convolution" in ran_explicit  # a layer's own engine: wins over the variable
 
@@ -249,3 +273,41 @@ def test_onednn_threads_follow_omp_and_blas_settings(write_file):
     assert onednn_threads(net, MKL_NUM_THREADS="1") == 1
     assert onednn_threads(net, OMP_NUM_THREADS="2", OPENBLAS_NUM_THREADS="1") == 2
     assert onednn_threads(net, OMP_NUM_THREADS="1") == 1
+
+
+EMPTY_BATCH_NET = """
+force_backward: true
+layer {{ name: "data" type: "Input" top: "data" input_param {{ shape {{ dim: 2 dim: 3 dim: 8 dim: 8 }} }} }}
+layer {{ name: "conv" type: "Convolution" bottom: "data" top: "conv"
+        convolution_param {{ num_output: 4 kernel_size: 3 pad: 1 {engine} weight_filler {{ type: "xavier" }} }} }}
+layer {{ name: "relu" type: "ReLU" bottom: "conv" top: "conv" relu_param {{ {engine} }} }}
+layer {{ name: "max" type: "Pooling" bottom: "conv" top: "max"
+        pooling_param {{ pool: MAX kernel_size: 2 stride: 2 {engine} }} }}
+layer {{ name: "ave" type: "Pooling" bottom: "max" top: "ave"
+        pooling_param {{ pool: AVE kernel_size: 2 stride: 2 {engine} }} }}
+layer {{ name: "ip" type: "InnerProduct" bottom: "ave" top: "ip"
+        inner_product_param {{ num_output: 10 {engine} weight_filler {{ type: "xavier" }} }} }}
+"""
+
+
+@pytest.mark.parametrize("engine", [None, "ONEDNN", "CAFFE"])
+def test_an_empty_batch_runs_every_layer_forward_and_backward(write_file, engine):
+    net = caffe.Net(str(write_file("empty.prototxt", EMPTY_BATCH_NET.format(
+        engine=engine_clause(engine)))), caffe.TRAIN)
+    net.forward()    # a full batch first: the layers' primitives exist
+    net.blobs["data"].reshape(0, 3, 8, 8)
+    out = net.forward()
+    assert out["ip"].shape == (0, 10)
+    assert [net.blobs[b].data.shape for b in ("conv", "max", "ave")] == [
+        (0, 4, 8, 8), (0, 4, 4, 4), (0, 4, 2, 2)]
+    for name in ("conv", "ip"):
+        for blob in net.params[name]:
+            blob.diff[...] = 0
+    net.backward()
+    assert net.blobs["data"].diff.shape == (0, 3, 8, 8)
+    for name in ("conv", "ip"):   # nothing to learn from no images
+        for blob in net.params[name]:
+            assert not blob.diff.any()
+    net.blobs["data"].reshape(2, 3, 8, 8)   # and back to a batch
+    net.blobs["data"].data[...] = 1
+    assert net.forward()["ip"].shape == (2, 10)
