@@ -45,15 +45,18 @@ def test_an_empty_weights_file_raises_naming_it(write_file, tmp_path):
         caffe.Net(net_file(write_file), caffe.TEST, weights=str(empty))
 
 
-# A binary file lists its layers in the net's order, HDF5 by name.
-@pytest.mark.parametrize("hdf5, names", [(False, "'data', 'conv_a', 'conv_b'"),
-                                         (True, "'conv_a', 'conv_b', 'data'")], ids=["binary", "hdf5"])
-def test_another_nets_weights_raise_naming_the_files_layers(write_file, tmp_path, hdf5, names):
+# A binary file lists its layers in the net's order; HDF5 in the order its
+# library iterates them (by name in Debian 12's, by creation in sid's).
+@pytest.mark.parametrize("hdf5", [False, True], ids=["binary", "hdf5"])
+def test_another_nets_weights_raise_naming_the_files_layers(write_file, tmp_path, hdf5):
     other = saved(write_file, tmp_path, "conv_a", "conv_b", hdf5=hdf5)
     net = caffe.Net(net_file(write_file), caffe.TEST)
     with pytest.raises(caffe.CaffeError, match=r"holds none of the 2 layers with parameters of net "
-                                              r"'two' \('fc1', 'fc2'\): its layers are named " + names):
+                                              r"'two' \('fc1', 'fc2'\): its layers are named ") as raised:
         net.copy_from(other)
+    named = re.findall(r"'(\w+)'", str(raised.value).split("its layers are named ")[1])
+    expected = ["data", "conv_a", "conv_b"]
+    assert (sorted(named) if hdf5 else named) == (sorted(expected) if hdf5 else expected)
     np.testing.assert_array_equal(net.params["fc1"][0].data, 1)  # untouched
 
 
