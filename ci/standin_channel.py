@@ -7,8 +7,8 @@ package the recipe names, under conda-forge's names, from what a Debian
 machine has:
 
 - C/C++ libraries (Boost, protobuf, glog, gflags, HDF5, LMDB, LevelDB, Snappy,
-  OpenCV, CBLAS): packages of symbolic links into Debian's /usr, placed where
-  conda-forge's packages put their files ($PREFIX/include, $PREFIX/lib), so
+  OpenCV, CBLAS) and Graphviz's dot: packages of symbolic links into
+  Debian's /usr, placed where conda-forge's packages put their files ($PREFIX/include, $PREFIX/lib), so
   conda-forge's compiler activation, which confines CMake to $PREFIX, still
   finds them, and with conda-forge's run_exports (leveldb has none there
   either);
@@ -61,7 +61,9 @@ CHOST = "x86_64-conda-linux-gnu"
 PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"  # conda's classic prefix placeholder
 # Python packages the recipe and its tests name; pip resolves their dependencies.
 WHEELS = ["numpy>=2", "six", "protobuf>=3.21", "pyyaml", "scipy", "scikit-image", "pytest", "h5py",
-          "pip", "setuptools>=70.1"]
+          "pydot", "pandas", "lmdb", "pip", "setuptools>=70.1"]
+# PyPI names that conda-forge spells otherwise (lmdb is the C library there).
+CONDA_NAMES = {"lmdb": "python-lmdb", "tables": "pytables"}
 # conda-forge's linux-64 compiler flags (its compiler feedstock's FINAL_* values).
 FLAGS = {
     "CFLAGS": "-march=nocona -mtune=haswell -ftree-vectorize -fPIC -fstack-protector-strong "
@@ -192,6 +194,7 @@ def library_packages(python_version: str) -> list[Package]:
     leveldb = debian_version("libleveldb-dev")
     snappy = debian_version("libsnappy-dev")
     opencv = debian_version("libopencv-dev")
+    graphviz = debian_version("graphviz")
     openblas = debian_version("libopenblas-dev")
     hdf5_dir = LIBDIR / "hdf5" / "serial"
     boost_runtime = {k: v for k, v in libraries("libboost_*.so.*").items() if "python" not in k}
@@ -233,6 +236,9 @@ def library_packages(python_version: str) -> list[Package]:
                 depends=["snappy"],
                 links={**headers("leveldb"), **libraries("libleveldb.so*")}),
         debian_library("snappy", snappy, "libsnappy-dev", "snappy*.h", "libsnappy.so*", 2),
+        # Graphviz's dot, which caffe.draw (draw_net) runs through pydot.
+        Package("graphviz", graphviz, f"Debian's graphviz {graphviz} (the dot program) in /usr",
+                links={"bin/dot": "/usr/bin/dot"}),
         Package("libopencv", opencv, f"Debian's libopencv-dev {opencv} in /usr",
                 run_exports={"weak": [pin("libopencv", opencv, 3)]},
                 links={**headers("opencv4"), **opencv_libs,
@@ -484,7 +490,8 @@ def onednn_package(wheels: Path, staging: Path) -> Package:
 
 
 def conda_name(pypi_name: str) -> str:
-    return re.sub(r"[-_.]+", "-", pypi_name).lower()
+    name = re.sub(r"[-_.]+", "-", pypi_name).lower()
+    return CONDA_NAMES.get(name, name)
 
 
 def wheel_package(wheel: Path, python: str, python_version: str, staging: Path) -> Package:
