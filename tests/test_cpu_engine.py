@@ -365,15 +365,20 @@ print(json.dumps(results))
 """
 
 
-@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
-def test_blobs_between_engine_layers_equal_caffes_engine(write_file, isa):
-    net = write_file("net.prototxt", NET.format(engine=""))
+def run_both_engines(probe: str, net: Path, isa: str | None) -> tuple[dict, dict]:
+    """A probe's results on the default engine and on Caffe's, at an ISA level."""
     env = dict(os.environ, GLOG_minloglevel="2", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
-    result = subprocess.run([sys.executable, "-c", BLOBS_PROBE, str(net)], env=env,
+    result = subprocess.run([sys.executable, "-c", probe, str(net)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     both = json.loads(result.stdout.strip().splitlines()[-1])
-    default, own = both["default"], both["caffe"]
+    return both["default"], both["caffe"]
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
+def test_blobs_between_engine_layers_equal_caffes_engine(write_file, isa):
+    net = write_file("net.prototxt", NET.format(engine=""))
+    default, own = run_both_engines(BLOBS_PROBE, net, isa)
     assert default.keys() == own.keys() and len(own) == 2 * 6 * 4 + 1 + 6 * 2 + 1
     for what, values in own.items():
         np.testing.assert_allclose(default[what], values, rtol=1e-4, atol=1e-5, err_msg=what)
@@ -383,3 +388,55 @@ def test_blobs_between_engine_layers_equal_caffes_engine(write_file, isa):
     assert default["0 ip2 data"] != default["1 ip2 data"]
     assert all(np.any(default[f"1 {b} diff"]) for b in ("conv1", "pool1", "ip1"))
     assert np.shape(default["batch 7 ip2 data"]) == (7, 4)
+
+
+# A Python training loop over parameter arrays held from before the first
+# forward (a custom optimiser), and one write through a held array between
+# two forwards, on both engines in a child process. Prints
+# {engine: {"losses": [...], "first": ..., "second": ...}} as JSON.
+HELD_PARAMS_PROBE = """
+import json, os, sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+rng = np.random.default_rng(0)
+labels = np.arange(32) % 4
+data = rng.normal(0, 0.3, (32, 1, 12, 12)).astype(np.float32)
+for i, label in enumerate(labels):   # a bright quadrant per class
+    row, col = divmod(int(label), 2)
+    data[i, 0, row * 6:row * 6 + 6, col * 6:col * 6 + 6] += 1.0
+results = {}
+for engine in ("default", "caffe"):
+    os.environ["CAFFE_ENGINE"] = engine
+    caffe.set_random_seed(5)
+    net = caffe.Net(sys.argv[1], caffe.TRAIN)
+    held = [(blob.data, blob) for blobs in net.params.values() for blob in blobs]
+    losses = []
+    for _ in range(8):
+        net.blobs["data"].data[...] = data
+        net.blobs["label"].data[...] = labels
+        net.clear_param_diffs()
+        losses.append(float(net.forward()["loss"]))
+        net.backward()
+        for array, blob in held:
+            array -= 0.05 * blob.diff
+    weights = [net.params[name][0].data for name in ("conv2", "ip2")]
+    net.forward()
+    first = net.blobs["ip2"].data.copy()
+    for array in weights:
+        array[...] *= -2
+    net.forward()
+    second = net.blobs["ip2"].data.copy()
+    results[engine] = {"losses": losses, "first": first.tolist(), "second": second.tolist()}
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
+def test_writes_through_held_parameter_arrays_are_seen(write_file, isa):
+    net = write_file("net.prototxt", NET.format(engine=""))
+    default, own = run_both_engines(HELD_PARAMS_PROBE, net, isa)
+    for what in ("losses", "first", "second"):
+        np.testing.assert_allclose(default[what], own[what], rtol=1e-4, atol=1e-5, err_msg=what)
+    assert default["losses"][-1] < 0.65 * default["losses"][0], default["losses"]  # it trains
+    assert not np.allclose(default["first"], default["second"])
