@@ -5,8 +5,10 @@ Reads recipe/meta.yaml's source section (ci/recipe.py) and checks: the given
 tarball has the recipe's sha256, every URL names the same file; the patch list
 is patches/ in order, each line's comment equal to the patch header's
 Upstream-Status, and (--apply) every patch applies with no fuzz in that order;
-the extra sources exist; caffe-pylayer's license file is the project's and its
-version pylayers/pyproject.toml's. The same checks run on the self-contained
+the extra sources exist; the overlay (the source with no folder, copied over
+Caffe's tree) adds files only: none is in the tarball or changed by a patch;
+caffe-pylayer's license file is the project's and its version
+pylayers/pyproject.toml's. The same checks run on the self-contained
 folder of ci/export-recipe. The variants and outputs are checked with
 conda-build's own renderer (ci/conda_pinning.py).
 
@@ -69,6 +71,26 @@ def check_patch_list(recipe_dir: Path, meta: dict, tarball: Path | None) -> int:
     return len(listed)
 
 
+def check_overlay(recipe_dir: Path, meta: dict, tarball: Path | None) -> int:
+    """The overlay's files are new files of Caffe's tree: conda-build copies
+    them over it and would replace one of Caffe's without a word."""
+    overlays = [s for s in meta["source"][1:] if "folder" not in s]
+    check(len(overlays) == 1, f"{len(overlays)} sources without a folder, not one overlay")
+    root = recipe_dir / overlays[0]["path"]
+    files = {str(f.relative_to(root)) for f in root.rglob("*") if f.is_file()}
+    check(files, f"the overlay {root} holds no files")
+    for name in meta["source"][0]["patches"]:
+        touched = set(re.findall(r"^\+\+\+ b/(\S+)", (recipe_dir / name).read_text(), re.M))
+        check(not touched & files, f"{Path(name).name} changes overlay files "
+                                   f"{sorted(touched & files)}: change them in the overlay")
+    if tarball is not None:
+        listing = subprocess.run(["tar", "-tzf", str(tarball)], capture_output=True, text=True,
+                                 check=True).stdout.split()
+        upstream = {f.removeprefix("./") for f in listing}
+        check(not upstream & files, f"the overlay replaces Caffe's {sorted(upstream & files)}")
+    return len(files)
+
+
 def check_recipe(recipe_dir: Path, tarball: Path | None, apply: bool) -> str:
     meta = recipe.render(recipe.DEFAULT_VARIANT, recipe_dir)  # raises on invalid Jinja or YAML
     source = meta["source"][0]
@@ -91,7 +113,8 @@ def check_recipe(recipe_dir: Path, tarball: Path | None, apply: bool) -> str:
           f"meta.yaml builds caffe-pylayer {output['version']}, pylayers/pyproject.toml says "
           f"{pyproject['project']['version']}")
     patches = check_patch_list(recipe_dir, meta, tarball if apply else None)
-    return f"source {names.pop()}, {patches} patches"
+    overlay = check_overlay(recipe_dir, meta, tarball)
+    return f"source {names.pop()}, {patches} patches, {overlay} overlay files"
 
 
 def main() -> int:

@@ -103,3 +103,19 @@ prepare_source() {
     echo "    applied ${patch##*/}"
   done
 }
+
+# Copy the C++ files the project adds to Caffe (overlay/, laid out as Caffe's
+# tree) into the source tree, as conda-build does with the recipe's overlay
+# source. Modification times are kept, so ninja recompiles only what changed;
+# files an earlier overlay added and this one no longer has are removed.
+overlay_source() {
+  local dir=$1 listed="$1/.caffe-pylayer-overlay" file
+  if [[ -f "${listed}" ]]; then
+    while read -r file; do
+      [[ -f "${repo_root}/overlay/${file}" ]] || rm -f "${dir}/${file}"
+    done < "${listed}"
+  fi
+  (cd "${repo_root}/overlay" && find . -type f -printf '%P\n' | sort) > "${listed}"
+  cp -a "${repo_root}/overlay/." "${dir}/"
+  echo "    overlay/: $(wc -l < "${listed}") files copied over the tree"
+}

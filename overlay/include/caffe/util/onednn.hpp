@@ -1,0 +1,94 @@
+#ifndef CAFFE_UTIL_ONEDNN_HPP_
+#define CAFFE_UTIL_ONEDNN_HPP_
+
+// Shared pieces of the oneDNN engine (the OneDNN*Layer classes): the CPU
+// engine and stream, Caffe's buffers as oneDNN memory, and the reorders
+// between Caffe's plain NCHW layout and the layouts oneDNN's primitives pick.
+
+#ifdef USE_ONEDNN
+
+#include <stdint.h>
+#include <string>
+
+#include "oneapi/dnnl/dnnl.hpp"
+
+#include "caffe/blob.hpp"
+#include "caffe/proto/caffe.pb.h"
+
+namespace caffe {
+namespace onednn {
+
+// The one CPU engine, and a stream per thread (pycaffe nets may run in
+// several Python threads).
+dnnl::engine& cpu_engine();
+dnnl::stream& cpu_stream();
+
+// The one log line of a layer that runs on Caffe's code instead.
+void LogFallback(const std::string& layer, const std::string& why);
+
+// Whether oneDNN picked one of its reference loops for a primitive (an
+// implementation named ref... or simple...: pooling on a plain layout on an
+// AVX2 CPU), slower than Caffe's own code; and that as a fallback reason.
+bool IsReference(const dnnl::primitive_desc_base& pd);
+std::string ReferenceReason(const dnnl::primitive_desc_base& pd);
+
+// A oneDNN error while a layer runs, as Caffe's error (caffe.CaffeError in
+// pycaffe, one line in the caffe tool) naming the layer and its type.
+void Fail(const LayerParameter& layer, const dnnl::error& e);
+
+// A layout of md's dimensions and type that a primitive chooses (format any).
+dnnl::memory::desc Any(const dnnl::memory::desc& md);
+
+// A plain (row-major) float layout of the given dimensions.
+dnnl::memory::desc Plain(const dnnl::memory::dims& dims);
+
+// A thread's reusable buffer, one per slot, at least bytes long: the copies
+// of activations in a primitive's layout live only during one layer's call,
+// so all layers share them instead of each keeping its own.
+void* Scratch(int slot, size_t bytes);
+
+// One operand of a primitive: a Caffe buffer in its plain layout, and the
+// layout the primitive wants. Where they differ, the reorders between the
+// two are made once, in Init, and the primitive gets a copy: in a scratch
+// slot (activations), or in a buffer of the operand's own that is kept
+// between calls (weights, and parameter gradients that accumulate).
+class Operand {
+ public:
+  static const int kOwn = -1;
+  // slot: the scratch slot, distinct for the operands of one primitive, or
+  // kOwn. accumulate: the result is added to the Caffe buffer (Caffe's
+  // parameter gradients accumulate), so it always goes through a copy.
+  void Init(const dnnl::memory::desc& plain, const dnnl::memory::desc& wanted,
+            int slot, bool accumulate = false);
+  // The memory a primitive reads: the Caffe buffer, or its reordered copy.
+  dnnl::memory In(const void* data);
+  // The same for a blob's data (a layer's weights, slot kOwn), reordered
+  // only when its version (SyncedMemory::version) differs from the last one.
+  template <typename Dtype>
+  dnnl::memory In(Blob<Dtype>* blob) {
+    const void* data = blob->cpu_data();
+    const uint64_t version = blob->data()->version();
+    if (reorder_ && slot_ == kOwn && version == version_) return own_;
+    version_ = version;
+    return In(data);
+  }
+  // The memory a primitive writes; Out then puts it in the Caffe buffer.
+  dnnl::memory Target(void* data);
+  void Out(void* data);
+
+ private:
+  dnnl::memory Copy();  // the memory of the copy in the wanted layout
+
+  dnnl::memory::desc plain_, wanted_;
+  bool reorder_;
+  int slot_;
+  dnnl::memory own_;  // the copy, where slot_ is kOwn
+  uint64_t version_;  // of the blob data in own_ (0: none)
+  dnnl::reorder to_copy_, from_copy_;
+};
+
+}  // namespace onednn
+}  // namespace caffe
+
+#endif  // USE_ONEDNN
+#endif  // CAFFE_UTIL_ONEDNN_HPP_

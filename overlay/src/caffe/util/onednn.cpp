@@ -1,0 +1,158 @@
+#ifdef USE_ONEDNN
+#include <dlfcn.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "caffe/common.hpp"
+#include "caffe/util/onednn.hpp"
+
+namespace caffe {
+namespace onednn {
+
+// oneDNN runs on OpenMP: OMP_NUM_THREADS threads, or all cores. Where only
+// the BLAS library's variable is set (OPENBLAS_NUM_THREADS, MKL_NUM_THREADS),
+// as users of Caffe's CPU mode set it, oneDNN follows it too. OpenMP keeps
+// the count per thread: each thread that uses oneDNN sets it once.
+static void FollowThreadSettings() {
+  const char* omp = getenv("OMP_NUM_THREADS");
+  if (omp != NULL && *omp != '\0') return;
+  const char* blas = getenv("OPENBLAS_NUM_THREADS");
+  if (blas == NULL || *blas == '\0') blas = getenv("MKL_NUM_THREADS");
+  const int threads = blas == NULL ? 0 : atoi(blas);
+  if (threads <= 0) return;
+  // From the OpenMP runtime that oneDNN loaded (GNU's or LLVM's).
+  typedef void (*SetNumThreads)(int);
+  SetNumThreads set_num_threads = reinterpret_cast<SetNumThreads>(
+      dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  if (set_num_threads != NULL) set_num_threads(threads);
+}
+
+// Once in each thread, before it makes or runs a primitive (oneDNN sizes a
+// primitive's work for the thread count it sees when the primitive is made).
+static void SetUpThread() {
+  thread_local bool done = (FollowThreadSettings(), true);
+  (void) done;
+}
+
+dnnl::engine& cpu_engine() {
+  SetUpThread();
+  static dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+dnnl::stream& cpu_stream() {
+  SetUpThread();
+  thread_local dnnl::stream stream(cpu_engine());
+  return stream;
+}
+
+void LogFallback(const std::string& layer, const std::string& why) {
+  LOG(INFO) << "Layer " << layer << ": runs on Caffe's engine, not oneDNN's: "
+            << why;
+}
+
+bool IsReference(const dnnl::primitive_desc_base& pd) {
+  const std::string impl = pd.impl_info_str();
+  return impl.compare(0, 3, "ref") == 0 || impl.compare(0, 6, "simple") == 0;
+}
+
+std::string ReferenceReason(const dnnl::primitive_desc_base& pd) {
+  return "oneDNN has only its reference implementation (" +
+      std::string(pd.impl_info_str()) + ") for it on this CPU";
+}
+
+void Fail(const LayerParameter& layer, const dnnl::error& e) {
+  LOG(FATAL) << "Layer '" << layer.name() << "' (" << layer.type()
+             << ", oneDNN engine): " << e.what();
+}
+
+dnnl::memory::desc Any(const dnnl::memory::desc& md) {
+  return dnnl::memory::desc(md.get_dims(), md.get_data_type(),
+                            dnnl::memory::format_tag::any);
+}
+
+dnnl::memory::desc Plain(const dnnl::memory::dims& dims) {
+  typedef dnnl::memory::format_tag tag;
+  static const tag row_major[] = {tag::a, tag::ab, tag::abc, tag::abcd,
+                                  tag::abcde};
+  CHECK(dims.size() >= 1 && dims.size() <= 5) << dims.size() << "-D memory";
+  return dnnl::memory::desc(dims, dnnl::memory::data_type::f32,
+                            row_major[dims.size() - 1]);
+}
+
+void* Scratch(int slot, size_t bytes) {
+  struct Buffer {
+    void* data;
+    size_t size;
+    Buffer() : data(NULL), size(0) {}
+    ~Buffer() { free(data); }
+  };
+  thread_local Buffer buffers[4];
+  CHECK(slot >= 0 && slot < 4) << "scratch slot " << slot;
+  Buffer& buffer = buffers[slot];
+  if (buffer.size < bytes) {
+    free(buffer.data);
+    buffer.data = NULL;
+    buffer.size = 0;
+    // 64 bytes: the alignment oneDNN's kernels prefer.
+    CHECK_EQ(posix_memalign(&buffer.data, 64, bytes), 0)
+        << "cannot allocate " << bytes << " bytes for oneDNN";
+    buffer.size = bytes;
+  }
+  return buffer.data;
+}
+
+void Operand::Init(const dnnl::memory::desc& plain,
+                   const dnnl::memory::desc& wanted, int slot,
+                   bool accumulate) {
+  plain_ = plain;
+  wanted_ = wanted;
+  slot_ = slot;
+  version_ = 0;
+  own_ = dnnl::memory();
+  reorder_ = !(plain == wanted) || accumulate;
+  if (!reorder_) return;
+  if (slot == kOwn) own_ = dnnl::memory(wanted, cpu_engine());
+  const dnnl::engine& engine = cpu_engine();
+  to_copy_ = dnnl::reorder(
+      dnnl::reorder::primitive_desc(engine, plain, engine, wanted));
+  dnnl::primitive_attr attr;
+  if (accumulate) {
+    dnnl::post_ops sum;
+    sum.append_sum(1.f);
+    attr.set_post_ops(sum);
+  }
+  from_copy_ = dnnl::reorder(
+      dnnl::reorder::primitive_desc(engine, wanted, engine, plain, attr));
+}
+
+dnnl::memory Operand::Copy() {
+  if (slot_ == kOwn) return own_;
+  return dnnl::memory(wanted_, cpu_engine(),
+                      Scratch(slot_, wanted_.get_size()));
+}
+
+dnnl::memory Operand::In(const void* data) {
+  dnnl::memory user(plain_, cpu_engine(), const_cast<void*>(data));
+  if (!reorder_) return user;
+  dnnl::memory copy = Copy();
+  to_copy_.execute(cpu_stream(), user, copy);
+  return copy;
+}
+
+dnnl::memory Operand::Target(void* data) {
+  if (!reorder_) return dnnl::memory(plain_, cpu_engine(), data);
+  return Copy();
+}
+
+void Operand::Out(void* data) {
+  if (!reorder_) return;
+  dnnl::memory user(plain_, cpu_engine(), data);
+  dnnl::memory copy = Copy();
+  from_copy_.execute(cpu_stream(), copy, user);
+}
+
+}  // namespace onednn
+}  // namespace caffe
+#endif  // USE_ONEDNN
