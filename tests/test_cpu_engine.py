@@ -440,3 +440,137 @@ def test_writes_through_held_parameter_arrays_are_seen(write_file, isa):
         np.testing.assert_allclose(default[what], own[what], rtol=1e-4, atol=1e-5, err_msg=what)
     assert default["losses"][-1] < 0.65 * default["losses"][0], default["losses"]  # it trains
     assert not np.allclose(default["first"], default["second"])
+
+
+# Nets made in the main thread, then trained (forward + backward, three
+# times) sequentially and in two Python threads at once; each primitive must
+# run with a scratchpad the engine passes (oneDNN's own would tie it to one
+# thread). Writes {"sequential": ..., "threaded": ...} to argv[2]: the
+# verbose log of oneDNN goes to stdout.
+THREADED_TRAINING_PROBE = """
+import json, sys, threading
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+
+def make(seed):
+    caffe.set_random_seed(5)
+    net = caffe.Net(sys.argv[1], caffe.TRAIN)
+    net.blobs["data"].data[...] = np.random.default_rng(seed).normal(size=(32, 1, 12, 12))
+    net.blobs["label"].data[...] = np.arange(32) % 4
+    return net
+
+def train(net, results, key):
+    for _ in range(3):
+        net.clear_param_diffs()
+        net.forward()
+        net.backward()
+    results[key] = {"loss": float(net.blobs["loss"].data),
+                    "conv2 grad": net.params["conv2"][0].diff.tolist(),
+                    "ip1 grad": net.params["ip1"][0].diff.tolist(),
+                    "data grad": net.blobs["pool1"].diff.tolist()}
+
+sequential, threaded = {}, {}
+for i, net in enumerate([make(1), make(2)]):
+    train(net, sequential, i)
+nets = [make(1), make(2)]
+threads = [threading.Thread(target=train, args=(net, threaded, i)) for i, net in enumerate(nets)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+with open(sys.argv[2], "w") as out:
+    json.dump({"sequential": sequential, "threaded": threaded}, out)
+"""
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
+def test_nets_made_in_one_thread_train_in_two_others_at_once(write_file, tmp_path, isa):
+    net = write_file("net.prototxt", NET.format(engine=""))
+    env = dict(os.environ, GLOG_minloglevel="2", ONEDNN_VERBOSE="1", OMP_WAIT_POLICY="passive",
+               **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
+    report = tmp_path / "threads.json"
+    result = subprocess.run([sys.executable, "-c", THREADED_TRAINING_PROBE, str(net), str(report)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    executed = [line for line in result.stdout.splitlines() if line.startswith("onednn_verbose,exec,")]
+    # Below AVX-512 the inner products run Caffe's code (docs/cpu-engine.md).
+    expected = ENGINE_PRIMITIVES - ({"inner_product"} if isa else set())
+    assert {line.split(",")[3] for line in executed} >= expected
+    assert all("attr-scratchpad:user" in line for line in executed), \
+        next(line for line in executed if "attr-scratchpad:user" not in line)
+    both = json.loads(report.read_text())
+    for key in ("0", "1"):
+        for what, values in both["sequential"][key].items():
+            np.testing.assert_allclose(both["threaded"][key][what], values, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"net {key}: {what}")
+    assert both["sequential"]["0"]["loss"] != both["sequential"]["1"]["loss"]
+
+
+# Forwards at the batch sizes, or square input sizes, that argv names.
+RESHAPE_PROBE = """
+import sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+net = caffe.Net(sys.argv[1], caffe.TRAIN if sys.argv[2] == "batch" else caffe.TEST)
+for value in map(int, sys.argv[3:]):
+    if sys.argv[2] == "batch":
+        net.blobs["data"].reshape(value, 1, 12, 12)
+        net.blobs["label"].reshape(value)
+        net.blobs["label"].data[...] = np.arange(value) % 4
+    else:
+        net.blobs["data"].reshape(2, 4, value, value)
+    net.blobs["data"].data[...] = np.random.default_rng(value).normal(size=net.blobs["data"].data.shape)
+    net.forward()
+"""
+
+
+def run_reshapes(net: Path, kind: str, values: list[int], isa: str | None = None, **env_extra: str):
+    env = dict(os.environ, GLOG_minloglevel="0", ONEDNN_VERBOSE="1",
+               **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}), **env_extra)
+    result = subprocess.run([sys.executable, "-c", RESHAPE_PROBE, str(net), kind, *map(str, values)],
+                            env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def weight_reorders(result: subprocess.CompletedProcess) -> dict[str, int]:
+    """How often each layer of NET had its weights reordered (ONEDNN_VERBOSE)."""
+    reorders = [line.split(",")[-2] for line in result.stdout.splitlines()
+                if line.startswith("onednn_verbose,exec,cpu,reorder,")]
+    weights = {"conv1": "8x1x3x3", "conv2": "2x8x4x3x3", "ip1": "32x144", "ip2": "4x32"}
+    return {layer: reorders.count(dims) for layer, dims in weights.items()}
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
+def test_alternating_batch_sizes_reorder_the_weights_once(write_file, isa):
+    net = write_file("net.prototxt", NET.format(engine=""))
+    once = weight_reorders(run_reshapes(net, "batch", [32], isa))
+    if not any(once.values()):
+        pytest.skip("oneDNN keeps every layer's weights in Caffe's layout on this CPU")
+    assert max(once.values()) == 1, once
+    assert weight_reorders(run_reshapes(net, "batch", [32, 7, 32, 7, 32], isa)) == once
+
+
+# AVE pooling with padding: at 6 x 6 its last window reaches past the
+# padding (Caffe's code), at 7 x 7 it does not (oneDNN).
+POOL_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 4 dim: 6 dim: 6 } } }
+layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+        pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 1 } }
+"""
+
+
+def test_the_engine_a_shape_runs_on_does_not_depend_on_the_shapes_before(write_file):
+    net = write_file("pool.prototxt", POOL_NET)
+    alone = run_reshapes(net, "size", [7])
+    after = run_reshapes(net, "size", [6, 7, 6, 7])
+    executed = [line for line in after.stdout.splitlines()
+                if line.startswith("onednn_verbose,exec,cpu,pooling,")]
+    assert len(executed) == 2 and all("mb2ic4_ih7oh4" in line for line in executed), executed
+    assert sum(line.startswith("onednn_verbose,exec,cpu,pooling,")
+               for line in alone.stdout.splitlines()) == 1
+    # Each reason once, however often the shape comes back.
+    assert after.stderr.count("Layer pool: runs on Caffe's engine, not oneDNN's: AVE pooling "
+                              "whose last window reaches past the padding") == 1

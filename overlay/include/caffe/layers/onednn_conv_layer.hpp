@@ -34,7 +34,7 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
       const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom);
 
  private:
-  void UseCaffe(const std::string& why);
+  void UseCaffe(const std::string& why, bool error = false);
   bool DefaultEngine() const;  // the layer names no engine
   void MakeForward();
   void MakeBackward();
@@ -43,7 +43,8 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
   // Why a layer that names no engine runs Caffe's code instead, or "".
   std::string SlowerThanCaffe() const;
 
-  bool use_caffe_;
+  bool use_caffe_;  // for the current shape
+  onednn::Fallback fallback_;
   vector<int> shape_;  // the bottom shape the primitives are made for
   dnnl::memory::desc src_md_, weights_md_, bias_md_, dst_md_;
   dnnl::memory::dims strides_, dilates_, pad_l_, pad_r_;

@@ -35,13 +35,14 @@ class OneDNNInnerProductLayer : public InnerProductLayer<Dtype> {
       const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom);
 
  private:
-  void UseCaffe(const std::string& why);
+  void UseCaffe(const std::string& why, bool error = false);
   bool DefaultEngine() const;  // the layer names no engine
   void MakeForward();
   void MakeBackward();
   dnnl::inner_product_backward_weights::primitive_desc WeightsPD() const;
 
-  bool use_caffe_;
+  bool use_caffe_;  // for the current shape
+  onednn::Fallback fallback_;
   int rows_;  // M_, the row count the primitives are made for
   dnnl::memory::desc src_md_, weights_md_, bias_md_, dst_md_;
   dnnl::inner_product_forward::primitive_desc forward_pd_;

@@ -36,10 +36,11 @@ class OneDNNPoolingLayer : public PoolingLayer<Dtype> {
       const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom);
 
  private:
-  void UseCaffe(const std::string& why);
+  void UseCaffe(const std::string& why, bool error = false);
   void MakePrimitives();
 
-  bool use_caffe_;
+  bool use_caffe_;  // for the current shape
+  onednn::Fallback fallback_;
   vector<int> shape_;  // the bottom shape the primitives are made for
   dnnl::pooling_forward forward_;
   dnnl::pooling_backward backward_;

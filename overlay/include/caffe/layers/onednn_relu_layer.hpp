@@ -1,6 +1,7 @@
 #ifndef CAFFE_ONEDNN_RELU_LAYER_HPP_
 #define CAFFE_ONEDNN_RELU_LAYER_HPP_
 
+#include <string>
 #include <vector>
 
 #include "caffe/blob.hpp"
@@ -34,7 +35,11 @@ class OneDNNReLULayer : public ReLULayer<Dtype> {
       const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom);
 
  private:
-  bool use_caffe_;
+  void UseCaffe(const std::string& why, bool error = false);
+  void MakePrimitives();
+
+  bool use_caffe_;  // for the current shape
+  onednn::Fallback fallback_;
   int count_;  // the element count the primitives are made for
   dnnl::memory::desc md_;
   dnnl::eltwise_forward forward_;

@@ -8,7 +8,9 @@
 #ifdef USE_ONEDNN
 
 #include <stdint.h>
+#include <set>
 #include <string>
+#include <unordered_map>
 
 #include "oneapi/dnnl/dnnl.hpp"
 
@@ -23,8 +25,28 @@ namespace onednn {
 dnnl::engine& cpu_engine();
 dnnl::stream& cpu_stream();
 
-// The one log line of a layer that runs on Caffe's code instead.
-void LogFallback(const std::string& layer, const std::string& why);
+// The one log line of a layer that runs on Caffe's code instead: INFO for a
+// known case, WARNING for an error oneDNN gave while making a primitive.
+void LogFallback(const std::string& layer, const std::string& why,
+                 bool error = false);
+
+// Why a layer runs Caffe's code instead of oneDNN's: for good (a setting
+// oneDNN cannot run, found at setup), or for the shape at hand, decided
+// again at each new shape, so that the code a layer runs for a shape never
+// depends on the shapes it saw before. Each reason is logged once a layer.
+class Fallback {
+ public:
+  Fallback() : always_(false) {}
+  void Always() { always_ = true; }
+  bool always() const { return always_; }
+  void Log(const std::string& layer, const std::string& why, bool error) {
+    if (logged_.insert(why).second) LogFallback(layer, why, error);
+  }
+
+ private:
+  bool always_;
+  std::set<std::string> logged_;
+};
 
 // Whether oneDNN picked one of its reference loops for a primitive (an
 // implementation named ref... or simple...: pooling on a plain layout on an
@@ -44,8 +66,20 @@ dnnl::memory::desc Plain(const dnnl::memory::dims& dims);
 
 // A thread's reusable buffer, one per slot, at least bytes long: the copies
 // of activations in a primitive's layout live only during one layer's call,
-// so all layers share them instead of each keeping its own.
+// so all layers share them instead of each keeping its own. Slots 0 to 3 are
+// the operands'; kScratchpadSlot is Execute's.
 void* Scratch(int slot, size_t bytes);
+const int kScratchpadSlot = 4;
+
+// The attributes every primitive of the engine is made with: a scratchpad
+// that Execute passes (user scratchpad mode). With oneDNN's own scratchpad
+// a primitive may not move between threads, and pycaffe makes nets in one
+// Python thread and runs them in others.
+dnnl::primitive_attr Attr();
+
+// Run a primitive on this thread's stream, with this thread's scratchpad.
+void Execute(const dnnl::primitive& primitive,
+             std::unordered_map<int, dnnl::memory> args);
 
 // One operand of a primitive: a Caffe buffer in its plain layout, and the
 // layout the primitive wants. Where they differ, the reorders between the
@@ -55,9 +89,12 @@ void* Scratch(int slot, size_t bytes);
 class Operand {
  public:
   static const int kOwn = -1;
+  Operand() : reorder_(false), accumulate_(false), slot_(0), version_(0) {}
   // slot: the scratch slot, distinct for the operands of one primitive, or
   // kOwn. accumulate: the result is added to the Caffe buffer (Caffe's
   // parameter gradients accumulate), so it always goes through a copy.
+  // Init again with the same layouts (a new batch size) keeps an own copy
+  // and its version: the weights are not reordered again for it.
   void Init(const dnnl::memory::desc& plain, const dnnl::memory::desc& wanted,
             int slot, bool accumulate = false);
   // The memory a primitive reads: the Caffe buffer, or its reordered copy.
@@ -80,7 +117,7 @@ class Operand {
   dnnl::memory Copy();  // the memory of the copy in the wanted layout
 
   dnnl::memory::desc plain_, wanted_;
-  bool reorder_;
+  bool reorder_, accumulate_;
   int slot_;
   dnnl::memory own_;  // the copy, where slot_ is kOwn
   uint64_t version_;  // of the blob data in own_ (0: none)

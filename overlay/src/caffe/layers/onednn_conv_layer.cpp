@@ -7,9 +7,9 @@
 namespace caffe {
 
 template <typename Dtype>
-void OneDNNConvolutionLayer<Dtype>::UseCaffe(const std::string& why) {
+void OneDNNConvolutionLayer<Dtype>::UseCaffe(const std::string& why, bool error) {
   use_caffe_ = true;
-  onednn::LogFallback(this->layer_param_.name(), why);
+  fallback_.Log(this->layer_param_.name(), why, error);
 }
 
 template <typename Dtype>
@@ -31,6 +31,7 @@ void OneDNNConvolutionLayer<Dtype>::LayerSetUp(
   } else if (this->channel_axis_ != 1) {
     UseCaffe("convolution_param.axis is not 1");
   }
+  if (use_caffe_) fallback_.Always();
 }
 
 template <typename Dtype>
@@ -38,14 +39,17 @@ void OneDNNConvolutionLayer<Dtype>::Reshape(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   ConvolutionLayer<Dtype>::Reshape(bottom, top);
   // An empty batch runs Caffe's loops, which do nothing (oneDNN refuses it).
-  if (use_caffe_ || bottom[0]->count() == 0 || bottom[0]->shape() == shape_) {
+  if (fallback_.always() || bottom[0]->count() == 0 ||
+      bottom[0]->shape() == shape_) {
     return;
   }
+  use_caffe_ = false;  // decided for this shape
   try {
     shape_ = bottom[0]->shape();
     MakeForward();
   } catch (const dnnl::error& e) {
-    UseCaffe(std::string("oneDNN has no convolution for it: ") + e.what());
+    UseCaffe(std::string("oneDNN has no convolution for it: ") + e.what(),
+             true);
   }
 }
 
@@ -81,7 +85,7 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
   forward_pd_ = dnnl::convolution_forward::primitive_desc(
       onednn::cpu_engine(), dnnl::prop_kind::forward_training,
       dnnl::algorithm::convolution_direct, src_any, weights_any, bias_md_,
-      dst_any, strides_, dilates_, pad_l_, pad_r_);
+      dst_any, strides_, dilates_, pad_l_, pad_r_, onednn::Attr());
   // A layer that names no engine runs the faster code, decided here for
   // forward and backward alike, so that every pass runs the same code.
   const std::string slower = DefaultEngine() ? SlowerThanCaffe() : "";
@@ -106,7 +110,7 @@ OneDNNConvolutionLayer<Dtype>::DataPD() const {
   return dnnl::convolution_backward_data::primitive_desc(
       onednn::cpu_engine(), dnnl::algorithm::convolution_direct,
       onednn::Any(src_md_), onednn::Any(weights_md_), onednn::Any(dst_md_),
-      strides_, dilates_, pad_l_, pad_r_, forward_pd_);
+      strides_, dilates_, pad_l_, pad_r_, forward_pd_, onednn::Attr());
 }
 
 template <typename Dtype>
@@ -115,7 +119,8 @@ OneDNNConvolutionLayer<Dtype>::WeightsPD() const {
   return dnnl::convolution_backward_weights::primitive_desc(
       onednn::cpu_engine(), dnnl::algorithm::convolution_direct,
       onednn::Any(src_md_), onednn::Any(weights_md_), bias_md_,
-      onednn::Any(dst_md_), strides_, dilates_, pad_l_, pad_r_, forward_pd_);
+      onednn::Any(dst_md_), strides_, dilates_, pad_l_, pad_r_, forward_pd_,
+      onednn::Attr());
 }
 
 template <typename Dtype>
@@ -183,7 +188,7 @@ void OneDNNConvolutionLayer<Dtype>::Forward_cpu(
       Dtype* top_data = top[i]->mutable_cpu_data();
       args[DNNL_ARG_SRC] = src_.In(bottom[i]->cpu_data());
       args[DNNL_ARG_DST] = dst_.Target(top_data);
-      forward_.execute(onednn::cpu_stream(), args);
+      onednn::Execute(forward_, args);
       dst_.Out(top_data);
     }
     onednn::cpu_stream().wait();
@@ -201,7 +206,7 @@ void OneDNNConvolutionLayer<Dtype>::Backward_cpu(
       MakeBackward();
     } catch (const dnnl::error& e) {
       UseCaffe(std::string("oneDNN has no backward convolution for it: ") +
-               e.what());
+               e.what(), true);
     }
   }
   if (use_caffe_ || bottom[0]->count() == 0) {
@@ -221,7 +226,7 @@ void OneDNNConvolutionLayer<Dtype>::Backward_cpu(
         if (this->bias_term_) {
           args[DNNL_ARG_DIFF_BIAS] = bw_diff_bias_.Target(NULL);
         }
-        backward_weights_.execute(onednn::cpu_stream(), args);
+        onednn::Execute(backward_weights_, args);
         if (weights_diff) {
           bw_diff_weights_.Out(this->blobs_[0]->mutable_cpu_diff());
         }
@@ -233,7 +238,7 @@ void OneDNNConvolutionLayer<Dtype>::Backward_cpu(
         args[DNNL_ARG_DIFF_DST] = bd_diff_dst_.In(top_diff);
         args[DNNL_ARG_WEIGHTS] = bd_weights_.In(this->blobs_[0].get());
         args[DNNL_ARG_DIFF_SRC] = bd_diff_src_.Target(bottom_diff);
-        backward_data_.execute(onednn::cpu_stream(), args);
+        onednn::Execute(backward_data_, args);
         bd_diff_src_.Out(bottom_diff);
       }
     }

@@ -6,9 +6,9 @@
 namespace caffe {
 
 template <typename Dtype>
-void OneDNNInnerProductLayer<Dtype>::UseCaffe(const std::string& why) {
+void OneDNNInnerProductLayer<Dtype>::UseCaffe(const std::string& why, bool error) {
   use_caffe_ = true;
-  onednn::LogFallback(this->layer_param_.name(), why);
+  fallback_.Log(this->layer_param_.name(), why, error);
 }
 
 template <typename Dtype>
@@ -22,19 +22,22 @@ void OneDNNInnerProductLayer<Dtype>::LayerSetUp(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   InnerProductLayer<Dtype>::LayerSetUp(bottom, top);
   if (sizeof(Dtype) != sizeof(float)) UseCaffe("oneDNN computes in float only");
+  if (use_caffe_) fallback_.Always();
 }
 
 template <typename Dtype>
 void OneDNNInnerProductLayer<Dtype>::Reshape(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   InnerProductLayer<Dtype>::Reshape(bottom, top);
-  if (use_caffe_ || this->M_ == rows_) return;
+  if (fallback_.always() || this->M_ == rows_) return;
   rows_ = this->M_;
   if (rows_ <= 0) return;
+  use_caffe_ = false;  // decided for this shape
   try {
     MakeForward();
   } catch (const dnnl::error& e) {
-    UseCaffe(std::string("oneDNN has no inner product for it: ") + e.what());
+    UseCaffe(std::string("oneDNN has no inner product for it: ") + e.what(),
+             true);
   }
 }
 
@@ -54,7 +57,7 @@ void OneDNNInnerProductLayer<Dtype>::MakeForward() {
       tag::any);
   forward_pd_ = dnnl::inner_product_forward::primitive_desc(
       onednn::cpu_engine(), dnnl::prop_kind::forward_training, src_md_,
-      weights_any, bias_md_, dst_md_);
+      weights_any, bias_md_, dst_md_, onednn::Attr());
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
   if (DefaultEngine() && onednn::IsReference(forward_pd_)) {
@@ -89,7 +92,7 @@ dnnl::inner_product_backward_weights::primitive_desc
 OneDNNInnerProductLayer<Dtype>::WeightsPD() const {
   return dnnl::inner_product_backward_weights::primitive_desc(
       onednn::cpu_engine(), src_md_, onednn::Any(weights_md_), bias_md_,
-      dst_md_, forward_pd_);
+      dst_md_, forward_pd_, onednn::Attr());
 }
 
 template <typename Dtype>
@@ -97,7 +100,8 @@ void OneDNNInnerProductLayer<Dtype>::MakeBackward() {
   dnnl::memory::desc weights_any(weights_md_.get_dims(),
       dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
   dnnl::inner_product_backward_data::primitive_desc data_pd(
-      onednn::cpu_engine(), src_md_, weights_any, dst_md_, forward_pd_);
+      onednn::cpu_engine(), src_md_, weights_any, dst_md_, forward_pd_,
+      onednn::Attr());
   backward_data_ = dnnl::inner_product_backward_data(data_pd);
   bd_diff_dst_.Init(dst_md_, data_pd.diff_dst_desc(), 1);
   bd_weights_.Init(weights_md_, data_pd.weights_desc(),
@@ -134,7 +138,7 @@ void OneDNNInnerProductLayer<Dtype>::Forward_cpu(
       args[DNNL_ARG_BIAS] = bias_.In(this->blobs_[1].get());
     }
     args[DNNL_ARG_DST] = dst_.Target(top_data);
-    forward_.execute(onednn::cpu_stream(), args);
+    onednn::Execute(forward_, args);
     dst_.Out(top_data);
     onednn::cpu_stream().wait();
   } catch (const dnnl::error& e) {
@@ -169,7 +173,7 @@ void OneDNNInnerProductLayer<Dtype>::Backward_cpu(
       if (this->bias_term_) {
         args[DNNL_ARG_DIFF_BIAS] = bw_diff_bias_.Target(NULL);
       }
-      backward_weights_.execute(onednn::cpu_stream(), args);
+      onednn::Execute(backward_weights_, args);
       if (weights_diff) {
         bw_diff_weights_.Out(this->blobs_[0]->mutable_cpu_diff());
       }
@@ -181,7 +185,7 @@ void OneDNNInnerProductLayer<Dtype>::Backward_cpu(
       args[DNNL_ARG_DIFF_DST] = bd_diff_dst_.In(top_diff);
       args[DNNL_ARG_WEIGHTS] = bd_weights_.In(this->blobs_[0].get());
       args[DNNL_ARG_DIFF_SRC] = bd_diff_src_.Target(bottom_diff);
-      backward_data_.execute(onednn::cpu_stream(), args);
+      onednn::Execute(backward_data_, args);
       bd_diff_src_.Out(bottom_diff);
     }
     onednn::cpu_stream().wait();

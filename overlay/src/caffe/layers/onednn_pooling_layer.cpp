@@ -7,9 +7,9 @@
 namespace caffe {
 
 template <typename Dtype>
-void OneDNNPoolingLayer<Dtype>::UseCaffe(const std::string& why) {
+void OneDNNPoolingLayer<Dtype>::UseCaffe(const std::string& why, bool error) {
   use_caffe_ = true;
-  onednn::LogFallback(this->layer_param_.name(), why);
+  fallback_.Log(this->layer_param_.name(), why, error);
 }
 
 template <typename Dtype>
@@ -24,6 +24,7 @@ void OneDNNPoolingLayer<Dtype>::LayerSetUp(
   } else if (top.size() > 1) {
     UseCaffe("its second top asks for the MAX pooling mask");
   }
+  if (use_caffe_) fallback_.Always();
 }
 
 template <typename Dtype>
@@ -31,14 +32,16 @@ void OneDNNPoolingLayer<Dtype>::Reshape(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   PoolingLayer<Dtype>::Reshape(bottom, top);
   // An empty batch runs Caffe's loops, which do nothing (oneDNN refuses it).
-  if (use_caffe_ || bottom[0]->count() == 0 || bottom[0]->shape() == shape_) {
+  if (fallback_.always() || bottom[0]->count() == 0 ||
+      bottom[0]->shape() == shape_) {
     return;
   }
+  use_caffe_ = false;  // decided for this shape
   try {
     shape_ = bottom[0]->shape();
     MakePrimitives();
   } catch (const dnnl::error& e) {
-    UseCaffe(std::string("oneDNN has no pooling for it: ") + e.what());
+    UseCaffe(std::string("oneDNN has no pooling for it: ") + e.what(), true);
   }
 }
 
@@ -77,7 +80,7 @@ void OneDNNPoolingLayer<Dtype>::MakePrimitives() {
   const dnnl::memory::dims pad_r = {pad_r_h, pad_r_w};
   dnnl::pooling_forward::primitive_desc forward_pd(onednn::cpu_engine(),
       dnnl::prop_kind::forward_training, algorithm, src_md_, dst_md_,
-      strides, kernel, dilation, pad_l, pad_r);
+      strides, kernel, dilation, pad_l, pad_r, onednn::Attr());
   const bool by_default = this->layer_param_.pooling_param().engine() ==
       PoolingParameter_Engine_DEFAULT;
   dnnl::memory::desc src_md = src_md_;
@@ -92,7 +95,8 @@ void OneDNNPoolingLayer<Dtype>::MakePrimitives() {
     try {
       forward_pd = dnnl::pooling_forward::primitive_desc(
           onednn::cpu_engine(), dnnl::prop_kind::forward_training, algorithm,
-          blocked, dst_any, strides, kernel, dilation, pad_l, pad_r);
+          blocked, dst_any, strides, kernel, dilation, pad_l, pad_r,
+          onednn::Attr());
       src_md = blocked;
     } catch (const dnnl::error&) {
       // none for the blocked layout either: the plain one stays
@@ -100,7 +104,7 @@ void OneDNNPoolingLayer<Dtype>::MakePrimitives() {
   }
   dnnl::pooling_backward::primitive_desc backward_pd(onednn::cpu_engine(),
       algorithm, src_md, forward_pd.dst_desc(), strides, kernel, dilation,
-      pad_l, pad_r, forward_pd);
+      pad_l, pad_r, forward_pd, onednn::Attr());
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
   if (by_default && (onednn::IsReference(forward_pd) ||
@@ -136,7 +140,7 @@ void OneDNNPoolingLayer<Dtype>::Forward_cpu(
     args[DNNL_ARG_SRC] = src_.In(bottom[0]->cpu_data());
     args[DNNL_ARG_DST] = dst_.Target(top_data);
     if (workspace_) args[DNNL_ARG_WORKSPACE] = workspace_;
-    forward_.execute(onednn::cpu_stream(), args);
+    onednn::Execute(forward_, args);
     dst_.Out(top_data);
     onednn::cpu_stream().wait();
   } catch (const dnnl::error& e) {
@@ -159,7 +163,7 @@ void OneDNNPoolingLayer<Dtype>::Backward_cpu(
     args[DNNL_ARG_DIFF_DST] = diff_dst_.In(top[0]->cpu_diff());
     args[DNNL_ARG_DIFF_SRC] = diff_src_.Target(bottom_diff);
     if (workspace_) args[DNNL_ARG_WORKSPACE] = workspace_;
-    backward_.execute(onednn::cpu_stream(), args);
+    onednn::Execute(backward_, args);
     diff_src_.Out(bottom_diff);
     onednn::cpu_stream().wait();
   } catch (const dnnl::error& e) {

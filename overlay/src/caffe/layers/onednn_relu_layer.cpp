@@ -1,4 +1,5 @@
 #ifdef USE_ONEDNN
+#include <string>
 #include <vector>
 
 #include "caffe/layers/onednn_relu_layer.hpp"
@@ -6,13 +7,18 @@
 namespace caffe {
 
 template <typename Dtype>
+void OneDNNReLULayer<Dtype>::UseCaffe(const std::string& why, bool error) {
+  use_caffe_ = true;
+  fallback_.Log(this->layer_param_.name(), why, error);
+}
+
+template <typename Dtype>
 void OneDNNReLULayer<Dtype>::LayerSetUp(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   ReLULayer<Dtype>::LayerSetUp(bottom, top);
   if (sizeof(Dtype) != sizeof(float)) {
-    use_caffe_ = true;
-    onednn::LogFallback(this->layer_param_.name(),
-                        "oneDNN computes in float only");
+    UseCaffe("oneDNN computes in float only");
+    fallback_.Always();
   }
 }
 
@@ -20,28 +26,37 @@ template <typename Dtype>
 void OneDNNReLULayer<Dtype>::Reshape(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   ReLULayer<Dtype>::Reshape(bottom, top);
-  if (use_caffe_ || bottom[0]->count() == count_) return;
+  if (fallback_.always() || bottom[0]->count() == count_) return;
   count_ = bottom[0]->count();
   if (count_ == 0) return;  // Caffe's loops do nothing; oneDNN refuses it
+  use_caffe_ = false;  // decided for this shape
+  try {
+    MakePrimitives();
+  } catch (const dnnl::error& e) {
+    UseCaffe(std::string("oneDNN has no ReLU for it: ") + e.what(), true);
+  }
+}
+
+template <typename Dtype>
+void OneDNNReLULayer<Dtype>::MakePrimitives() {
   // Element-wise: any shape is one long vector.
   md_ = onednn::Plain({count_});
   const float slope = this->layer_param_.relu_param().negative_slope();
   dnnl::eltwise_forward::primitive_desc forward_pd(onednn::cpu_engine(),
       dnnl::prop_kind::forward_training, dnnl::algorithm::eltwise_relu,
-      md_, md_, slope);
+      md_, md_, slope, 0.f, onednn::Attr());
   dnnl::eltwise_backward::primitive_desc backward_pd(onednn::cpu_engine(),
-      dnnl::algorithm::eltwise_relu, md_, md_, md_, slope, 0.f, forward_pd);
+      dnnl::algorithm::eltwise_relu, md_, md_, md_, slope, 0.f, forward_pd,
+      onednn::Attr());
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
   const bool by_default = this->layer_param_.relu_param().engine() ==
       ReLUParameter_Engine_DEFAULT;
   if (by_default && (onednn::IsReference(forward_pd) ||
                      onednn::IsReference(backward_pd))) {
-    use_caffe_ = true;
-    onednn::LogFallback(this->layer_param_.name(),
-        onednn::ReferenceReason(onednn::IsReference(forward_pd)
-            ? static_cast<const dnnl::primitive_desc_base&>(forward_pd)
-            : backward_pd));
+    UseCaffe(onednn::ReferenceReason(onednn::IsReference(forward_pd)
+        ? static_cast<const dnnl::primitive_desc_base&>(forward_pd)
+        : backward_pd));
     return;
   }
   forward_ = dnnl::eltwise_forward(forward_pd);
@@ -57,7 +72,7 @@ void OneDNNReLULayer<Dtype>::Forward_cpu(
   }
   try {
     const dnnl::engine& engine = onednn::cpu_engine();
-    forward_.execute(onednn::cpu_stream(), {
+    onednn::Execute(forward_, {
         {DNNL_ARG_SRC, dnnl::memory(md_, engine,
             const_cast<Dtype*>(bottom[0]->cpu_data()))},
         {DNNL_ARG_DST, dnnl::memory(md_, engine, top[0]->mutable_cpu_data())}});
@@ -80,7 +95,7 @@ void OneDNNReLULayer<Dtype>::Backward_cpu(
     // In place (top is bottom), the "source" is the output: its sign is the
     // input's, as in Caffe's own code.
     const dnnl::engine& engine = onednn::cpu_engine();
-    backward_.execute(onednn::cpu_stream(), {
+    onednn::Execute(backward_, {
         {DNNL_ARG_SRC, dnnl::memory(md_, engine,
             const_cast<Dtype*>(bottom[0]->cpu_data()))},
         {DNNL_ARG_DIFF_DST, dnnl::memory(md_, engine,

@@ -47,9 +47,12 @@ dnnl::stream& cpu_stream() {
   return stream;
 }
 
-void LogFallback(const std::string& layer, const std::string& why) {
-  LOG(INFO) << "Layer " << layer << ": runs on Caffe's engine, not oneDNN's: "
-            << why;
+void LogFallback(const std::string& layer, const std::string& why,
+                 bool error) {
+  LOG_IF(INFO, !error) << "Layer " << layer
+      << ": runs on Caffe's engine, not oneDNN's: " << why;
+  LOG_IF(WARNING, error) << "Layer " << layer
+      << ": runs on Caffe's engine, not oneDNN's: " << why;
 }
 
 bool IsReference(const dnnl::primitive_desc_base& pd) {
@@ -88,8 +91,8 @@ void* Scratch(int slot, size_t bytes) {
     Buffer() : data(NULL), size(0) {}
     ~Buffer() { free(data); }
   };
-  thread_local Buffer buffers[4];
-  CHECK(slot >= 0 && slot < 4) << "scratch slot " << slot;
+  thread_local Buffer buffers[kScratchpadSlot + 1];
+  CHECK(slot >= 0 && slot <= kScratchpadSlot) << "scratch slot " << slot;
   Buffer& buffer = buffers[slot];
   if (buffer.size < bytes) {
     free(buffer.data);
@@ -103,12 +106,38 @@ void* Scratch(int slot, size_t bytes) {
   return buffer.data;
 }
 
+dnnl::primitive_attr Attr() {
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  return attr;
+}
+
+void Execute(const dnnl::primitive& primitive,
+             std::unordered_map<int, dnnl::memory> args) {
+  const_dnnl_memory_desc_t scratchpad = dnnl_primitive_desc_query_md(
+      primitive.get_primitive_desc(), dnnl_query_scratchpad_md, 0);
+  const size_t bytes =
+      scratchpad == NULL ? 0 : dnnl_memory_desc_get_size(scratchpad);
+  if (bytes > 0) {
+    dnnl_memory_desc_t md;  // a copy, which the C++ desc then owns
+    CHECK_EQ(dnnl_memory_desc_clone(&md, scratchpad), dnnl_success);
+    args[DNNL_ARG_SCRATCHPAD] = dnnl::memory(dnnl::memory::desc(md),
+        cpu_engine(), Scratch(kScratchpadSlot, bytes));
+  }
+  primitive.execute(cpu_stream(), args);
+}
+
 void Operand::Init(const dnnl::memory::desc& plain,
                    const dnnl::memory::desc& wanted, int slot,
                    bool accumulate) {
+  if (slot == kOwn && slot_ == kOwn && reorder_ && accumulate == accumulate_ &&
+      plain == plain_ && wanted == wanted_) {
+    return;
+  }
   plain_ = plain;
   wanted_ = wanted;
   slot_ = slot;
+  accumulate_ = accumulate;
   version_ = 0;
   own_ = dnnl::memory();
   reorder_ = !(plain == wanted) || accumulate;
@@ -116,8 +145,8 @@ void Operand::Init(const dnnl::memory::desc& plain,
   if (slot == kOwn) own_ = dnnl::memory(wanted, cpu_engine());
   const dnnl::engine& engine = cpu_engine();
   to_copy_ = dnnl::reorder(
-      dnnl::reorder::primitive_desc(engine, plain, engine, wanted));
-  dnnl::primitive_attr attr;
+      dnnl::reorder::primitive_desc(engine, plain, engine, wanted, Attr()));
+  dnnl::primitive_attr attr = Attr();
   if (accumulate) {
     dnnl::post_ops sum;
     sum.append_sum(1.f);
@@ -137,7 +166,7 @@ dnnl::memory Operand::In(const void* data) {
   dnnl::memory user(plain_, cpu_engine(), const_cast<void*>(data));
   if (!reorder_) return user;
   dnnl::memory copy = Copy();
-  to_copy_.execute(cpu_stream(), user, copy);
+  Execute(to_copy_, {{DNNL_ARG_FROM, user}, {DNNL_ARG_TO, copy}});
   return copy;
 }
 
@@ -150,7 +179,7 @@ void Operand::Out(void* data) {
   if (!reorder_) return;
   dnnl::memory user(plain_, cpu_engine(), data);
   dnnl::memory copy = Copy();
-  from_copy_.execute(cpu_stream(), copy, user);
+  Execute(from_copy_, {{DNNL_ARG_FROM, copy}, {DNNL_ARG_TO, user}});
 }
 
 }  // namespace onednn
