@@ -14,7 +14,7 @@ cache_dir="${CAFFE_PYLAYER_CACHE:-${HOME}/.cache/caffe-pylayer}"
 tools_env="${build_root}/tools"     # jinja2, pyyaml, linters: never in the package env
 
 # Python packages of the package env: what pycaffe and its tests import.
-pip_env_deps=("numpy>=2" six "protobuf>=3.21" pyyaml scikit-image scipy pydot pandas lmdb h5py pytest)
+pip_env_deps=("numpy>=2" six "protobuf>=3.21" pyyaml scikit-image scipy pydot pandas lmdb h5py pytest hypothesis)
 # --- Progress: every step prints its name and, when done, its duration.
 step_started=0
 step() {

@@ -61,7 +61,7 @@ CHOST = "x86_64-conda-linux-gnu"
 PLACEHOLDER = "/opt/anaconda1anaconda2anaconda3"  # conda's classic prefix placeholder
 # Python packages the recipe and its tests name; pip resolves their dependencies.
 WHEELS = ["numpy>=2", "six", "protobuf>=3.21", "pyyaml", "scipy", "scikit-image", "pytest", "h5py",
-          "pydot", "pandas", "lmdb", "pip", "setuptools>=70.1"]
+          "pydot", "pandas", "lmdb", "hypothesis", "pip", "setuptools>=70.1"]
 # PyPI names that conda-forge spells otherwise (lmdb is the C library there).
 CONDA_NAMES = {"lmdb": "python-lmdb", "tables": "pytables"}
 # conda-forge's linux-64 compiler flags (its compiler feedstock's FINAL_* values).
