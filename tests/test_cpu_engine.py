@@ -16,8 +16,11 @@ import pytest
 import caffe
 from conftest import run_caffe_tool
 
-# What ONEDNN_VERBOSE calls the primitives of the four engine layers.
+# What ONEDNN_VERBOSE calls the primitives of the four engine layers. ReLU
+# (eltwise) runs oneDNN's only where a layer names engine: ONEDNN: by default
+# it is Caffe's, which propagates NaN (oneDNN's maps it to 0).
 ENGINE_PRIMITIVES = {"convolution", "pooling", "eltwise", "inner_product"}
+DEFAULT_PRIMITIVES = ENGINE_PRIMITIVES - {"eltwise"}
 
 # Two convolutions (one grouped and dilated), MAX and AVE pooling, ReLU with a
 # negative slope, two inner products, softmax loss.
@@ -130,7 +133,7 @@ def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path, isa)
     explicit, ran_explicit = train(tmp_path, "ONEDNN", env)
     own, ran_own = train(tmp_path, "CAFFE", env)
     assert ENGINE_PRIMITIVES <= ran_explicit.keys()
-    assert {"convolution", "eltwise", "pooling"} <= ran.keys()
+    assert {"convolution", "pooling"} <= ran.keys() and "eltwise" not in ran
     assert not ran_own.keys() & ENGINE_PRIMITIVES
     # A layer that names no engine never runs oneDNN's reference loops (it runs
     # Caffe's code instead); pooling, which has only those for the plain layout
@@ -495,7 +498,7 @@ def test_nets_made_in_one_thread_train_in_two_others_at_once(write_file, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     executed = [line for line in result.stdout.splitlines() if line.startswith("onednn_verbose,exec,")]
     # Below AVX-512 the inner products run Caffe's code (docs/cpu-engine.md).
-    expected = ENGINE_PRIMITIVES - ({"inner_product"} if isa else set())
+    expected = DEFAULT_PRIMITIVES - ({"inner_product"} if isa else set())
     assert {line.split(",")[3] for line in executed} >= expected
     assert all("attr-scratchpad:user" in line for line in executed), \
         next(line for line in executed if "attr-scratchpad:user" not in line)
@@ -574,3 +577,41 @@ def test_the_engine_a_shape_runs_on_does_not_depend_on_the_shapes_before(write_f
     # Each reason once, however often the shape comes back.
     assert after.stderr.count("Layer pool: runs on Caffe's engine, not oneDNN's: AVE pooling "
                               "whose last window reaches past the padding") == 1
+
+
+# NaN and infinities in the input and a NaN weight, forward and backward, on
+# both engines in a child process. Prints {engine: {blob: values}} as JSON.
+NON_FINITE_PROBE = """
+import json, os, sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+results = {}
+for engine in ("default", "caffe"):
+    os.environ["CAFFE_ENGINE"] = engine
+    caffe.set_random_seed(5)
+    net = caffe.Net(sys.argv[1], caffe.TRAIN)
+    data = np.random.default_rng(0).normal(size=(32, 1, 12, 12)).astype(np.float32)
+    data[0, 0, 0, 0], data[1, 0, 5, 5], data[2, 0, 7, 3] = np.nan, np.inf, -np.inf
+    net.blobs["data"].data[...] = data
+    net.blobs["label"].data[...] = np.arange(32) % 4
+    net.params["conv2"][0].data[3, 0, 1, 1] = np.nan
+    net.forward()
+    net.backward()
+    results[engine] = {f"{b} {which}": getattr(net.blobs[b], which).tolist()
+                       for b in ("conv1", "pool1", "conv2", "pool2", "ip1", "ip2")
+                       for which in ("data", "diff")}
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
+def test_nan_and_infinities_give_what_caffes_engine_gives(write_file, isa):
+    net = write_file("net.prototxt", NET.format(engine=""))
+    default, own = run_both_engines(NON_FINITE_PROBE, net, isa)
+    for what, values in own.items():
+        expected = np.array(values, dtype=float)
+        np.testing.assert_allclose(np.array(default[what], dtype=float), expected,
+                                   rtol=1e-4, atol=1e-5, equal_nan=True, err_msg=what)
+    # NaN reaches the output (a diverging net shows it), as with Caffe's code.
+    assert np.isnan(np.array(default["ip2 data"], dtype=float)).any()

@@ -385,6 +385,10 @@ static bool Creates(const std::string& type, const std::string& engine) {
       InnerProductParameter_Engine value;
       CHECK(InnerProductParameter_Engine_Parse(engine, &value));
       param.mutable_inner_product_param()->set_engine(value);
+    } else if (type == "ReLU") {
+      ReLUParameter_Engine value;
+      CHECK(ReLUParameter_Engine_Parse(engine, &value));
+      param.mutable_relu_param()->set_engine(value);
     }
   }
   shared_ptr<Layer<float> > layer = LayerRegistry<float>::CreateLayer(param);
@@ -394,7 +398,9 @@ static bool Creates(const std::string& type, const std::string& engine) {
 TEST_F(OneDNNLayerTest, TestEngineChoice) {
   EXPECT_TRUE(Creates<OneDNNConvolutionLayer<float> >("Convolution", ""));
   EXPECT_TRUE(Creates<OneDNNPoolingLayer<float> >("Pooling", ""));
-  EXPECT_TRUE(Creates<OneDNNReLULayer<float> >("ReLU", ""));
+  // ReLU is Caffe's unless a layer asks: oneDNN's maps NaN to 0.
+  EXPECT_FALSE(Creates<OneDNNReLULayer<float> >("ReLU", ""));
+  EXPECT_TRUE(Creates<OneDNNReLULayer<float> >("ReLU", "ONEDNN"));
   EXPECT_TRUE(Creates<OneDNNInnerProductLayer<float> >("InnerProduct", ""));
   EXPECT_FALSE(Creates<OneDNNConvolutionLayer<float> >("Convolution",
                                                        "CAFFE"));
@@ -402,11 +408,11 @@ TEST_F(OneDNNLayerTest, TestEngineChoice) {
                                                         "CAFFE"));
   setenv("CAFFE_ENGINE", "caffe", 1);
   EXPECT_FALSE(Creates<OneDNNConvolutionLayer<float> >("Convolution", ""));
-  EXPECT_FALSE(Creates<OneDNNReLULayer<float> >("ReLU", ""));
+  EXPECT_FALSE(Creates<OneDNNPoolingLayer<float> >("Pooling", ""));
   EXPECT_TRUE(Creates<OneDNNConvolutionLayer<float> >("Convolution",
                                                       "ONEDNN"));
   setenv("CAFFE_ENGINE", "cafe", 1);
-  EXPECT_THROW(Creates<OneDNNReLULayer<float> >("ReLU", ""), Error);
+  EXPECT_THROW(Creates<OneDNNPoolingLayer<float> >("Pooling", ""), Error);
   unsetenv("CAFFE_ENGINE");
 }
 
