@@ -205,8 +205,14 @@ def test_drawing_without_pydot_or_graphviz_names_what_to_install(tmp_path):
     assert ("ImportError: drawing a net needs pydot and Graphviz: conda install pydot graphviz"
             in result.stderr)
     (tmp_path / "net.prototxt").write_text(DEPLOY)
+    # A PATH without dot. It keeps a python: conda-build may give long-prefix
+    # commands "#!/usr/bin/env python".
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    (bare / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (bare / "python").chmod(0o755)
     no_dot = run_command("draw_net", "net.prototxt", "net.png", cwd=tmp_path,
-                         env_extra={"PATH": str(tmp_path)})
+                         env_extra={"PATH": str(bare)})
     assert no_dot.returncode == 1
     assert no_dot.stderr.strip().endswith(
         "draw_net: drawing a net needs Graphviz's dot program, which is not on PATH: "
