@@ -368,10 +368,10 @@ print(json.dumps(results))
 """
 
 
-def run_both_engines(probe: str, net: Path, isa: str | None) -> tuple[dict, dict]:
+def run_both_engines(probe: str, net: Path, isa: str | None, *args: Path) -> tuple[dict, dict]:
     """A probe's results on the default engine and on Caffe's, at an ISA level."""
     env = dict(os.environ, GLOG_minloglevel="2", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
-    result = subprocess.run([sys.executable, "-c", probe, str(net)], env=env,
+    result = subprocess.run([sys.executable, "-c", probe, str(net), *map(str, args)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     both = json.loads(result.stdout.strip().splitlines()[-1])
@@ -615,3 +615,40 @@ def test_nan_and_infinities_give_what_caffes_engine_gives(write_file, isa):
                                    rtol=1e-4, atol=1e-5, equal_nan=True, err_msg=what)
     # NaN reaches the output (a diverging net shows it), as with Caffe's code.
     assert np.isnan(np.array(default["ip2 data"], dtype=float)).any()
+
+
+# A TEST net sharing the weights of a solver's TRAIN net (share_with), run
+# after each solver step, on both engines in a child process.
+SHARED_WEIGHTS_PROBE = """
+import json, os, sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+data = np.random.default_rng(0).normal(size=(32, 1, 12, 12)).astype(np.float32)
+results = {}
+for engine in ("default", "caffe"):
+    os.environ["CAFFE_ENGINE"] = engine
+    caffe.set_random_seed(5)
+    solver = caffe.SGDSolver(sys.argv[2])
+    test = caffe.Net(sys.argv[1], caffe.TEST)
+    test.share_with(solver.net)
+    outputs = []
+    for net in (solver.net, test):
+        net.blobs["data"].data[...] = data
+        net.blobs["label"].data[...] = np.arange(32) % 4
+    for _ in range(3):
+        test.forward()
+        outputs.append(test.blobs["ip2"].data.tolist())
+        solver.step(1)
+    results[engine] = {"outputs": outputs}
+print(json.dumps(results))
+"""
+
+
+def test_a_test_net_sharing_a_solvers_weights_sees_each_step(write_file, tmp_path):
+    net = write_file("net.prototxt", NET.format(engine=""))
+    solver = write_file("solver.prototxt", SOLVER.format(net=net))
+    default, own = run_both_engines(SHARED_WEIGHTS_PROBE, net, None, solver)
+    outputs = default["outputs"]
+    np.testing.assert_allclose(outputs, own["outputs"], rtol=1e-4, atol=1e-5)
+    assert outputs[0] != outputs[1] != outputs[2]  # each step's weights were used
