@@ -205,8 +205,10 @@ def check(case, tmp):
     for i, (diff, own) in enumerate(zip(diffs, own_diffs)):
         close(diff, own, "bottom diff" if i == 0 else f"parameter {i - 1} diff")
     # Which code ran.
-    executed = any(line.startswith(f"onednn_verbose,exec,cpu,{PRIMITIVE[layer_type]},")
-                   for line in logs[0].splitlines())
+    # oneDNN's verbose exec lines: "onednn_verbose,exec,cpu,<kind>," in 3.2,
+    # "onednn_verbose,v1,primitive,exec,cpu,<kind>," in later versions.
+    executed = any(line.startswith("onednn_verbose,") and f",exec,cpu,{PRIMITIVE[layer_type]},"
+                   in line for line in logs[0].splitlines())
     fallbacks = FALLBACK.findall(logs[0])
     if shape[0] == 0:   # an empty batch runs Caffe's loops, which do nothing
         assert not executed  # (the log may name the batch of one the net was made for)

@@ -84,6 +84,19 @@ print(json.dumps(losses))
 """
 
 
+def executed(stdout: str) -> list[list[str]]:
+    """oneDNN's exec lines (ONEDNN_VERBOSE) from their engine on: [engine, kind,
+    implementation, prop_kind, ..., problem, time]. Where "exec" stands varies
+    by version ("onednn_verbose,exec," in 3.2, "onednn_verbose,v1,primitive,exec,"
+    in later ones)."""
+    rows = []
+    for line in stdout.splitlines():
+        fields = line.split(",")
+        if fields[0] == "onednn_verbose" and "exec" in fields:
+            rows.append(fields[fields.index("exec") + 1:])
+    return rows
+
+
 def engine_clause(engine: str | None) -> str:
     return f"engine: {engine}" if engine else ""
 
@@ -101,16 +114,11 @@ def train(tmp_path: Path, engine: str | None, env_extra: dict[str, str] | None =
     result = subprocess.run([sys.executable, "-c", TRAIN, str(solver)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.strip().splitlines()
     ran: dict[str, set[str]] = {}
-    for line in lines:
-        fields = line.split(",")
-        if fields[0] == "onednn_verbose" and "exec" in fields:
-            # exec,cpu,<kind>,<implementation>: where exec stands varies by version
-            at = fields.index("exec")
-            ran.setdefault(fields[at + 2], set()).add(fields[at + 3])
-            ran.setdefault(f"{fields[at + 2]}/{fields[at + 4]}", set()).add(fields[at + 3])
-    return json.loads(lines[-1]), ran
+    for _, kind, implementation, prop_kind, *_ in executed(result.stdout):
+        ran.setdefault(kind, set()).add(implementation)
+        ran.setdefault(f"{kind}/{prop_kind}", set()).add(implementation)
+    return json.loads(result.stdout.strip().splitlines()[-1]), ran
 
 
 def is_reference(implementation: str) -> bool:
@@ -496,12 +504,12 @@ def test_nets_made_in_one_thread_train_in_two_others_at_once(write_file, tmp_pat
     result = subprocess.run([sys.executable, "-c", THREADED_TRAINING_PROBE, str(net), str(report)], env=env,
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    executed = [line for line in result.stdout.splitlines() if line.startswith("onednn_verbose,exec,")]
+    rows = executed(result.stdout)
     # Below AVX-512 the inner products run Caffe's code (docs/cpu-engine.md).
     expected = DEFAULT_PRIMITIVES - ({"inner_product"} if isa else set())
-    assert {line.split(",")[3] for line in executed} >= expected
-    assert all("attr-scratchpad:user" in line for line in executed), \
-        next(line for line in executed if "attr-scratchpad:user" not in line)
+    assert {row[1] for row in rows} >= expected
+    unmanaged = [row for row in rows if not any(f.startswith("attr-scratchpad:user") for f in row)]
+    assert not unmanaged, unmanaged[:3]
     both = json.loads(report.read_text())
     for key in ("0", "1"):
         for what, values in both["sequential"][key].items():
@@ -540,8 +548,7 @@ def run_reshapes(net: Path, kind: str, values: list[int], isa: str | None = None
 
 def weight_reorders(result: subprocess.CompletedProcess) -> dict[str, int]:
     """How often each layer of NET had its weights reordered (ONEDNN_VERBOSE)."""
-    reorders = [line.split(",")[-2] for line in result.stdout.splitlines()
-                if line.startswith("onednn_verbose,exec,cpu,reorder,")]
+    reorders = [row[-2] for row in executed(result.stdout) if row[1] == "reorder"]
     weights = {"conv1": "8x1x3x3", "conv2": "2x8x4x3x3", "ip1": "32x144", "ip2": "4x32"}
     return {layer: reorders.count(dims) for layer, dims in weights.items()}
 
@@ -569,11 +576,9 @@ def test_the_engine_a_shape_runs_on_does_not_depend_on_the_shapes_before(write_f
     net = write_file("pool.prototxt", POOL_NET)
     alone = run_reshapes(net, "size", [7])
     after = run_reshapes(net, "size", [6, 7, 6, 7])
-    executed = [line for line in after.stdout.splitlines()
-                if line.startswith("onednn_verbose,exec,cpu,pooling,")]
-    assert len(executed) == 2 and all("mb2ic4_ih7oh4" in line for line in executed), executed
-    assert sum(line.startswith("onednn_verbose,exec,cpu,pooling,")
-               for line in alone.stdout.splitlines()) == 1
+    pooled = [row for row in executed(after.stdout) if row[1] == "pooling"]
+    assert len(pooled) == 2 and all(row[-2].startswith("mb2ic4_ih7oh4") for row in pooled), pooled
+    assert sum(row[1] == "pooling" for row in executed(alone.stdout)) == 1
     # Each reason once, however often the shape comes back.
     assert after.stderr.count("Layer pool: runs on Caffe's engine, not oneDNN's: AVE pooling "
                               "whose last window reaches past the padding") == 1
