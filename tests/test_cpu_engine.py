@@ -16,11 +16,10 @@ import pytest
 import caffe
 from conftest import run_caffe_tool
 
-# What ONEDNN_VERBOSE calls the primitives of the four engine layers. ReLU
-# (eltwise) runs oneDNN's only where a layer names engine: ONEDNN: by default
-# it is Caffe's, which propagates NaN (oneDNN's maps it to 0).
+# What ONEDNN_VERBOSE calls the primitives of the four engine layers. A ReLU
+# (eltwise) that names no engine runs oneDNN's backward only: its forward is
+# Caffe's, which propagates NaN (oneDNN's maps it to 0).
 ENGINE_PRIMITIVES = {"convolution", "pooling", "eltwise", "inner_product"}
-DEFAULT_PRIMITIVES = ENGINE_PRIMITIVES - {"eltwise"}
 
 # Two convolutions (one grouped and dilated), MAX and AVE pooling, ReLU with a
 # negative slope, two inner products, softmax loss.
@@ -141,7 +140,8 @@ def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path, isa)
     explicit, ran_explicit = train(tmp_path, "ONEDNN", env)
     own, ran_own = train(tmp_path, "CAFFE", env)
     assert ENGINE_PRIMITIVES <= ran_explicit.keys()
-    assert {"convolution", "pooling"} <= ran.keys() and "eltwise" not in ran
+    assert {"convolution", "pooling", "eltwise/backward_data"} <= ran.keys()
+    assert "eltwise/forward_training" not in ran
     assert not ran_own.keys() & ENGINE_PRIMITIVES
     # A layer that names no engine never runs oneDNN's reference loops (it runs
     # Caffe's code instead); pooling, which has only those for the plain layout
@@ -506,7 +506,7 @@ def test_nets_made_in_one_thread_train_in_two_others_at_once(write_file, tmp_pat
     assert result.returncode == 0, result.stderr[-3000:]
     rows = executed(result.stdout)
     # Below AVX-512 the inner products run Caffe's code (docs/cpu-engine.md).
-    expected = DEFAULT_PRIMITIVES - ({"inner_product"} if isa else set())
+    expected = ENGINE_PRIMITIVES - ({"inner_product"} if isa else set())
     assert {row[1] for row in rows} >= expected
     unmanaged = [row for row in rows if not any(f.startswith("attr-scratchpad:user") for f in row)]
     assert not unmanaged, unmanaged[:3]

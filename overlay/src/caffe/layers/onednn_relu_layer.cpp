@@ -66,7 +66,13 @@ void OneDNNReLULayer<Dtype>::MakePrimitives() {
 template <typename Dtype>
 void OneDNNReLULayer<Dtype>::Forward_cpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
-  if (use_caffe_ || count_ <= 0) {
+  // A layer that names no engine computes its forward with Caffe's code:
+  // oneDNN's ReLU gives 0 for NaN (and, without a slope, for -inf) where
+  // Caffe's gives NaN, which would hide a diverging net. Its backward is
+  // oneDNN's (about 10x Caffe's), which differs only where the input is NaN.
+  const bool by_default = this->layer_param_.relu_param().engine() ==
+      ReLUParameter_Engine_DEFAULT;
+  if (use_caffe_ || count_ <= 0 || by_default) {
     ReLULayer<Dtype>::Forward_cpu(bottom, top);
     return;
   }

@@ -310,6 +310,7 @@ TEST_F(OneDNNLayerTest, TestReLU) {
                                   ++in_place) {
     LayerParameter param;
     param.mutable_relu_param()->set_negative_slope(slope);
+    param.mutable_relu_param()->set_engine(ReLUParameter_Engine_ONEDNN);
     SCOPED_TRACE("slope " + std::to_string(slope) + " in place " +
                  std::to_string(in_place));
     OneDNNReLULayer<float> onednn(param);
@@ -398,8 +399,7 @@ static bool Creates(const std::string& type, const std::string& engine) {
 TEST_F(OneDNNLayerTest, TestEngineChoice) {
   EXPECT_TRUE(Creates<OneDNNConvolutionLayer<float> >("Convolution", ""));
   EXPECT_TRUE(Creates<OneDNNPoolingLayer<float> >("Pooling", ""));
-  // ReLU is Caffe's unless a layer asks: oneDNN's maps NaN to 0.
-  EXPECT_FALSE(Creates<OneDNNReLULayer<float> >("ReLU", ""));
+  EXPECT_TRUE(Creates<OneDNNReLULayer<float> >("ReLU", ""));
   EXPECT_TRUE(Creates<OneDNNReLULayer<float> >("ReLU", "ONEDNN"));
   EXPECT_TRUE(Creates<OneDNNInnerProductLayer<float> >("InnerProduct", ""));
   EXPECT_FALSE(Creates<OneDNNConvolutionLayer<float> >("Convolution",
@@ -408,7 +408,7 @@ TEST_F(OneDNNLayerTest, TestEngineChoice) {
                                                         "CAFFE"));
   setenv("CAFFE_ENGINE", "caffe", 1);
   EXPECT_FALSE(Creates<OneDNNConvolutionLayer<float> >("Convolution", ""));
-  EXPECT_FALSE(Creates<OneDNNPoolingLayer<float> >("Pooling", ""));
+  EXPECT_FALSE(Creates<OneDNNReLULayer<float> >("ReLU", ""));
   EXPECT_TRUE(Creates<OneDNNConvolutionLayer<float> >("Convolution",
                                                       "ONEDNN"));
   setenv("CAFFE_ENGINE", "cafe", 1);
