@@ -7,11 +7,11 @@ package the recipe names, under conda-forge's names, from what a Debian
 machine has:
 
 - C/C++ libraries (Boost, protobuf, glog, gflags, HDF5, LMDB, LevelDB, Snappy,
-  OpenCV, CBLAS) and Graphviz's dot: packages of symbolic links into
-  Debian's /usr, placed where conda-forge's packages put their files ($PREFIX/include, $PREFIX/lib), so
-  conda-forge's compiler activation, which confines CMake to $PREFIX, still
-  finds them, and with conda-forge's run_exports (leveldb has none there
-  either);
+  OpenCV, CBLAS) and Graphviz's dot: packages of symbolic links into Debian's
+  /usr, placed where conda-forge's packages put their files ($PREFIX/include,
+  $PREFIX/lib), so conda-forge's compiler activation, which confines CMake to
+  $PREFIX, still finds them, and with conda-forge's run_exports (leveldb has
+  none there either);
 - python: a venv-style prefix over Debian's interpreter (pyvenv.cfg);
 - Python packages (NumPy, SciPy, protobuf, pytest, ...): their PyPI wheels,
   unpacked into site-packages, with the dependencies their metadata declares;

@@ -446,6 +446,9 @@ print(json.dumps(results))
 @pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
 def test_writes_through_held_parameter_arrays_are_seen(write_file, isa):
     net = write_file("net.prototxt", NET.format(engine=""))
+    # Only weights oneDNN keeps in a layout of its own can go stale.
+    if not any(weight_reorders(run_reshapes(net, "batch", [32], isa)).values()):
+        pytest.skip("oneDNN keeps every layer's weights in Caffe's layout at this level")
     default, own = run_both_engines(HELD_PARAMS_PROBE, net, isa)
     for what in ("losses", "first", "second"):
         np.testing.assert_allclose(default[what], own[what], rtol=1e-4, atol=1e-5, err_msg=what)
@@ -558,7 +561,7 @@ def test_alternating_batch_sizes_reorder_the_weights_once(write_file, isa):
     net = write_file("net.prototxt", NET.format(engine=""))
     once = weight_reorders(run_reshapes(net, "batch", [32], isa))
     if not any(once.values()):
-        pytest.skip("oneDNN keeps every layer's weights in Caffe's layout on this CPU")
+        pytest.skip("oneDNN keeps every layer's weights in Caffe's layout at this level")
     assert max(once.values()) == 1, once
     assert weight_reorders(run_reshapes(net, "batch", [32, 7, 32, 7, 32], isa)) == once
 
