@@ -22,7 +22,8 @@ template <typename Dtype>
 class OneDNNInnerProductLayer : public InnerProductLayer<Dtype> {
  public:
   explicit OneDNNInnerProductLayer(const LayerParameter& param)
-      : InnerProductLayer<Dtype>(param), use_caffe_(false), rows_(-1) {}
+      : InnerProductLayer<Dtype>(param), use_caffe_(false), rows_(-1),
+        training_(true) {}
   virtual void LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top);
   virtual void Reshape(const vector<Blob<Dtype>*>& bottom,
@@ -44,6 +45,7 @@ class OneDNNInnerProductLayer : public InnerProductLayer<Dtype> {
   bool use_caffe_;  // for the current shape
   onednn::Fallback fallback_;
   int rows_;  // M_, the row count the primitives are made for
+  bool training_;  // they are made for a backward too
   dnnl::memory::desc src_md_, weights_md_, bias_md_, dst_md_;
   dnnl::inner_product_forward::primitive_desc forward_pd_;
   dnnl::inner_product_forward forward_;

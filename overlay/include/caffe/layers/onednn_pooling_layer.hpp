@@ -23,7 +23,7 @@ template <typename Dtype>
 class OneDNNPoolingLayer : public PoolingLayer<Dtype> {
  public:
   explicit OneDNNPoolingLayer(const LayerParameter& param)
-      : PoolingLayer<Dtype>(param), use_caffe_(false) {}
+      : PoolingLayer<Dtype>(param), use_caffe_(false), training_(true) {}
   virtual void LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top);
   virtual void Reshape(const vector<Blob<Dtype>*>& bottom,
@@ -42,6 +42,7 @@ class OneDNNPoolingLayer : public PoolingLayer<Dtype> {
   bool use_caffe_;  // for the current shape
   onednn::Fallback fallback_;
   vector<int> shape_;  // the bottom shape the primitives are made for
+  bool training_;  // they are made for a backward too
   dnnl::pooling_forward forward_;
   dnnl::pooling_backward backward_;
   dnnl::memory::desc src_md_, dst_md_;  // Caffe's (plain) layouts

@@ -89,14 +89,18 @@ void Execute(const dnnl::primitive& primitive,
 class Operand {
  public:
   static const int kOwn = -1;
-  Operand() : reorder_(false), accumulate_(false), slot_(0), version_(0) {}
+  Operand()
+      : reorder_(false), accumulate_(false), copy_(false), slot_(0),
+        version_(0) {}
   // slot: the scratch slot, distinct for the operands of one primitive, or
   // kOwn. accumulate: the result is added to the Caffe buffer (Caffe's
   // parameter gradients accumulate), so it always goes through a copy.
-  // Init again with the same layouts (a new batch size) keeps an own copy
-  // and its version: the weights are not reordered again for it.
+  // copy: a copy even where the layouts are the same (weights computed in a
+  // scratch buffer, kept in the own copy). An own copy is allocated at its
+  // first use. Init again with the same layouts (a new batch size) keeps an
+  // own copy and its version: the weights are not reordered again for it.
   void Init(const dnnl::memory::desc& plain, const dnnl::memory::desc& wanted,
-            int slot, bool accumulate = false);
+            int slot, bool accumulate = false, bool copy = false);
   // The memory a primitive reads: the Caffe buffer, or its reordered copy.
   dnnl::memory In(const void* data);
   // The same for a blob's data (a layer's weights, slot kOwn), reordered
@@ -117,7 +121,7 @@ class Operand {
   dnnl::memory Copy();  // the memory of the copy in the wanted layout
 
   dnnl::memory::desc plain_, wanted_;
-  bool reorder_, accumulate_;
+  bool reorder_, accumulate_, copy_;
   int slot_;
   dnnl::memory own_;  // the copy, where slot_ is kOwn
   uint64_t version_;  // of the blob data in own_ (0: none)

@@ -1,4 +1,5 @@
 #ifdef USE_ONEDNN
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -14,8 +15,9 @@ void OneDNNConvolutionLayer<Dtype>::UseCaffe(const std::string& why, bool error)
 
 template <typename Dtype>
 bool OneDNNConvolutionLayer<Dtype>::DefaultEngine() const {
-  return this->layer_param_.convolution_param().engine() ==
-      ConvolutionParameter_Engine_DEFAULT;
+  // or names CAFFE, which CAFFE_ENGINE=onednn runs here
+  return this->layer_param_.convolution_param().engine() !=
+      ConvolutionParameter_Engine_ONEDNN;
 }
 
 template <typename Dtype>
@@ -40,12 +42,15 @@ void OneDNNConvolutionLayer<Dtype>::Reshape(
   ConvolutionLayer<Dtype>::Reshape(bottom, top);
   // An empty batch runs Caffe's loops, which do nothing (oneDNN refuses it).
   if (fallback_.always() || bottom[0]->count() == 0 ||
-      bottom[0]->shape() == shape_) {
+      (bottom[0]->shape() == shape_ && training_ == this->backward_needed())) {
     return;
   }
   use_caffe_ = false;  // decided for this shape
   try {
     shape_ = bottom[0]->shape();
+    // A net that never runs this layer's backward gets primitives and a
+    // choice of code made for the forward alone.
+    training_ = this->backward_needed();
     MakeForward();
   } catch (const dnnl::error& e) {
     UseCaffe(std::string("oneDNN has no convolution for it: ") + e.what(),
@@ -83,12 +88,16 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
   dnnl::memory::desc dst_any(dst_md_.get_dims(), dst_md_.get_data_type(),
       tag::any);
   forward_pd_ = dnnl::convolution_forward::primitive_desc(
-      onednn::cpu_engine(), dnnl::prop_kind::forward_training,
+      onednn::cpu_engine(), training_ ? dnnl::prop_kind::forward_training
+      : dnnl::prop_kind::forward_inference,
       dnnl::algorithm::convolution_direct, src_any, weights_any, bias_md_,
       dst_any, strides_, dilates_, pad_l_, pad_r_, onednn::Attr());
   // A layer that names no engine runs the faster code, decided here for
   // forward and backward alike, so that every pass runs the same code.
-  const std::string slower = DefaultEngine() ? SlowerThanCaffe() : "";
+  const std::string slower = !DefaultEngine() ? ""
+      : training_ ? SlowerThanCaffe()
+      : onednn::IsReference(forward_pd_)
+      ? onednn::ReferenceReason(forward_pd_) : "";
   if (!slower.empty()) {
     UseCaffe(slower);
     return;
@@ -102,6 +111,153 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
   }
   dst_.Init(dst_md_, forward_pd_.dst_desc(), 1);
   backward_made_ = false;
+  if (!training_ && !fused_.empty()) MakeFused();
+}
+
+template <typename Dtype>
+int OneDNNConvolutionLayer<Dtype>::FuseFollowing(
+    const vector<Layer<Dtype>*>& following) {
+  const LayerParameter& param = this->layer_param_;
+  if (fallback_.always() || param.bottom_size() != 1 ||
+      param.top_size() != 1) {
+    return 0;
+  }
+  const std::string& blob = param.top(0);
+  batch_norm_ = scale_ = relu_ = NULL;
+  fused_.clear();
+  for (int i = 0; i < following.size(); ++i) {
+    Layer<Dtype>* layer = following[i];
+    const LayerParameter& next = layer->layer_param();
+    // In place on this layer's top, the next in the net, no backward, no
+    // loss: nothing reads the values between them.
+    if (next.bottom_size() != 1 || next.top_size() != 1 ||
+        next.bottom(0) != blob || next.top(0) != blob ||
+        layer->backward_needed() || layer->loss(0) != 0) {
+      break;
+    }
+    const std::string type = layer->type();
+    if (type == "BatchNorm" && fused_.empty()) {
+      const BatchNormParameter& bn = next.batch_norm_param();
+      const bool global_stats = bn.has_use_global_stats()
+          ? bn.use_global_stats() : next.phase() == TEST;
+      if (!global_stats) break;  // it normalises by the batch's statistics
+      batch_norm_ = layer;
+    } else if (type == "Scale" && scale_ == NULL && relu_ == NULL) {
+      const ScaleParameter& sp = next.scale_param();
+      // One factor per channel (Caffe's ScaleLayer over axis 1 alone).
+      if ((sp.axis() != 1 && sp.axis() != -3) || sp.num_axes() != 1) break;
+      scale_ = layer;
+    } else if (type == "ReLU" && relu_ == NULL &&
+               next.relu_param().engine() == ReLUParameter_Engine_ONEDNN) {
+      // oneDNN's ReLU, which gives 0 for NaN, only where the layer asks
+      // for it; Caffe's forward (NaN stays NaN) runs on its own otherwise.
+      relu_ = layer;
+    } else {
+      break;
+    }
+    fused_.push_back(layer);
+  }
+  fold_sources_.clear();
+  for (int i = 0; i < this->blobs_.size(); ++i) {
+    fold_sources_.push_back(this->blobs_[i].get());
+  }
+  for (int i = 0; i < 2; ++i) {
+    Layer<Dtype>* layer = i == 0 ? batch_norm_ : scale_;
+    if (layer == NULL) continue;
+    for (int j = 0; j < layer->blobs().size(); ++j) {
+      fold_sources_.push_back(layer->blobs()[j].get());
+    }
+  }
+  fold_versions_.assign(fold_sources_.size(), 0);
+  shape_.clear();  // primitives again, with the fused one
+  return fused_.size();
+}
+
+template <typename Dtype>
+void OneDNNConvolutionLayer<Dtype>::MakeFused() {
+  typedef dnnl::memory::format_tag tag;
+  dnnl::primitive_attr attr = onednn::Attr();
+  if (relu_ != NULL) {
+    dnnl::post_ops relu;
+    relu.append_eltwise(dnnl::algorithm::eltwise_relu,
+        relu_->layer_param().relu_param().negative_slope(), 0.f);
+    attr.set_post_ops(relu);
+  }
+  const dnnl::memory::desc bias_md = onednn::Plain({this->num_output_});
+  dnnl::convolution_forward::primitive_desc pd(onednn::cpu_engine(),
+      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
+      onednn::Any(src_md_), onednn::Any(weights_md_), bias_md,
+      onednn::Any(dst_md_), strides_, dilates_, pad_l_, pad_r_, attr);
+  fused_forward_ = dnnl::convolution_forward(pd);
+  fused_src_.Init(src_md_, pd.src_desc(), 0);
+  if (!(pd.weights_desc() == fused_weights_md_)) {
+    fused_weights_md_ = pd.weights_desc();
+    fold_versions_.assign(fold_sources_.size(), 0);  // a new own copy
+  }
+  // The folded weights are made in a scratch buffer and kept in the copy.
+  fused_weights_.Init(weights_md_, pd.weights_desc(), onednn::Operand::kOwn,
+      false, true);
+  fused_bias_.Init(bias_md, pd.bias_desc(), onednn::Operand::kOwn, false,
+      true);
+  fused_dst_.Init(dst_md_, pd.dst_desc(), 1);
+}
+
+template <typename Dtype>
+void OneDNNConvolutionLayer<Dtype>::Fold() {
+  bool changed = false;
+  for (int i = 0; i < fold_sources_.size(); ++i) {
+    fold_sources_[i]->cpu_data();
+    const uint64_t version = fold_sources_[i]->data()->version();
+    if (version != fold_versions_[i]) changed = true;
+    fold_versions_[i] = version;
+  }
+  if (!changed) return;
+  // Per output channel c, y = a[c] * conv(x) + d[c]: BatchNorm's
+  // (x - mean) / sqrt(variance + eps), then Scale's x * gamma + beta.
+  const int out = this->num_output_;
+  std::vector<double> a(out, 1.0), d(out, 0.0);
+  if (batch_norm_ != NULL) {
+    const vector<shared_ptr<Blob<Dtype> > >& stats = batch_norm_->blobs();
+    // Caffe keeps sums weighted by a factor in the third blob.
+    const double factor = stats[2]->cpu_data()[0];
+    const double f = factor == 0 ? 0 : 1 / factor;
+    const double eps =
+        batch_norm_->layer_param().batch_norm_param().eps();
+    const Dtype* mean = stats[0]->cpu_data();
+    const Dtype* variance = stats[1]->cpu_data();
+    for (int c = 0; c < out; ++c) {
+      a[c] = 1 / std::sqrt(variance[c] * f + eps);
+      d[c] = -mean[c] * f * a[c];
+    }
+  }
+  if (scale_ != NULL) {
+    const Dtype* gamma = scale_->blobs()[0]->cpu_data();
+    const Dtype* beta = scale_->blobs().size() > 1
+        ? scale_->blobs()[1]->cpu_data() : NULL;
+    for (int c = 0; c < out; ++c) {
+      a[c] *= gamma[c];
+      d[c] = d[c] * gamma[c] + (beta == NULL ? 0 : beta[c]);
+    }
+  }
+  const int count = this->blobs_[0]->count(), per_out = count / out;
+  const Dtype* weights = this->blobs_[0]->cpu_data();
+  const Dtype* bias = this->bias_term_ ? this->blobs_[1]->cpu_data() : NULL;
+  float* w = static_cast<float*>(onednn::Scratch(2, count * sizeof(float)));
+  float* b = static_cast<float*>(onednn::Scratch(3, out * sizeof(float)));
+  for (int c = 0; c < out; ++c) {
+    for (int k = 0; k < per_out; ++k) {
+      w[c * per_out + k] = weights[c * per_out + k] * a[c];
+    }
+    b[c] = (bias == NULL ? 0 : bias[c]) * a[c] + d[c];
+  }
+  folded_weights_ = fused_weights_.In(w);
+  folded_bias_ = fused_bias_.In(b);
+}
+
+template <typename Dtype>
+void OneDNNConvolutionLayer<Dtype>::ForwardFusedLayers(
+    const vector<Blob<Dtype>*>& top) {
+  for (int i = 0; i < fused_.size(); ++i) fused_[i]->Forward(top, top);
 }
 
 template <typename Dtype>
@@ -174,11 +330,25 @@ void OneDNNConvolutionLayer<Dtype>::MakeBackward() {
 template <typename Dtype>
 void OneDNNConvolutionLayer<Dtype>::Forward_cpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  const bool fused = this->run_fused_ && !fused_.empty();
   if (use_caffe_ || bottom[0]->count() == 0) {
     ConvolutionLayer<Dtype>::Forward_cpu(bottom, top);
+    if (fused) ForwardFusedLayers(top);
     return;
   }
   try {
+    if (fused) {
+      Fold();
+      Dtype* top_data = top[0]->mutable_cpu_data();
+      onednn::Execute(fused_forward_, {
+          {DNNL_ARG_SRC, fused_src_.In(bottom[0]->cpu_data())},
+          {DNNL_ARG_WEIGHTS, folded_weights_},
+          {DNNL_ARG_BIAS, folded_bias_},
+          {DNNL_ARG_DST, fused_dst_.Target(top_data)}});
+      fused_dst_.Out(top_data);
+      onednn::cpu_stream().wait();
+      return;
+    }
     std::unordered_map<int, dnnl::memory> args;
     args[DNNL_ARG_WEIGHTS] = weights_.In(this->blobs_[0].get());
     if (this->bias_term_) {
@@ -201,7 +371,8 @@ template <typename Dtype>
 void OneDNNConvolutionLayer<Dtype>::Backward_cpu(
     const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
     const vector<Blob<Dtype>*>& bottom) {
-  if (!use_caffe_ && bottom[0]->count() > 0 && !backward_made_) {
+  if (!use_caffe_ && training_ && bottom[0]->count() > 0 &&
+      !backward_made_) {
     try {
       MakeBackward();
     } catch (const dnnl::error& e) {
@@ -209,7 +380,9 @@ void OneDNNConvolutionLayer<Dtype>::Backward_cpu(
                e.what(), true);
     }
   }
-  if (use_caffe_ || bottom[0]->count() == 0) {
+  // A backward the net never runs (`caffe time` runs every layer's) is
+  // Caffe's.
+  if (use_caffe_ || !training_ || bottom[0]->count() == 0) {
     ConvolutionLayer<Dtype>::Backward_cpu(top, propagate_down, bottom);
     return;
   }
@@ -246,6 +419,13 @@ void OneDNNConvolutionLayer<Dtype>::Backward_cpu(
   } catch (const dnnl::error& e) {
     onednn::Fail(this->layer_param_, e);
   }
+}
+
+template <typename Dtype>
+void OneDNNConvolutionLayer<Dtype>::Forward_gpu(
+    const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  ConvolutionLayer<Dtype>::Forward_gpu(bottom, top);
+  if (this->run_fused_) ForwardFusedLayers(top);
 }
 
 INSTANTIATE_CLASS(OneDNNConvolutionLayer);

@@ -13,8 +13,9 @@ void OneDNNInnerProductLayer<Dtype>::UseCaffe(const std::string& why, bool error
 
 template <typename Dtype>
 bool OneDNNInnerProductLayer<Dtype>::DefaultEngine() const {
-  return this->layer_param_.inner_product_param().engine() ==
-      InnerProductParameter_Engine_DEFAULT;
+  // or names CAFFE, which CAFFE_ENGINE=onednn runs here
+  return this->layer_param_.inner_product_param().engine() !=
+      InnerProductParameter_Engine_ONEDNN;
 }
 
 template <typename Dtype>
@@ -29,8 +30,14 @@ template <typename Dtype>
 void OneDNNInnerProductLayer<Dtype>::Reshape(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
   InnerProductLayer<Dtype>::Reshape(bottom, top);
-  if (fallback_.always() || this->M_ == rows_) return;
+  if (fallback_.always() ||
+      (this->M_ == rows_ && training_ == this->backward_needed())) {
+    return;
+  }
   rows_ = this->M_;
+  // A net that never runs this layer's backward gets primitives and a
+  // choice of code made for the forward alone.
+  training_ = this->backward_needed();
   if (rows_ <= 0) return;
   use_caffe_ = false;  // decided for this shape
   try {
@@ -56,8 +63,8 @@ void OneDNNInnerProductLayer<Dtype>::MakeForward() {
   dnnl::memory::desc weights_any({N, K}, dnnl::memory::data_type::f32,
       tag::any);
   forward_pd_ = dnnl::inner_product_forward::primitive_desc(
-      onednn::cpu_engine(), dnnl::prop_kind::forward_training, src_md_,
-      weights_any, bias_md_, dst_md_, onednn::Attr());
+      onednn::cpu_engine(), training_ ? dnnl::prop_kind::forward_training
+      : dnnl::prop_kind::forward_inference, src_md_, weights_any, bias_md_, dst_md_, onednn::Attr());
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
   if (DefaultEngine() && onednn::IsReference(forward_pd_)) {
@@ -69,7 +76,7 @@ void OneDNNInnerProductLayer<Dtype>::MakeForward() {
   // are faster (LeNet's ip1 backward, bench/bench_cpu_engine.py, AVX2).
   // Decided here, for forward and backward alike, so that every pass of a
   // net runs the same code.
-  const std::string impl = WeightsPD().impl_info_str();
+  const std::string impl = training_ ? WeightsPD().impl_info_str() : "";
   if (DefaultEngine() && impl.find("gemm") != std::string::npos &&
       impl.find("brgemm") == std::string::npos) {
     UseCaffe("oneDNN's backward is its GEMM fallback (" + impl +
@@ -150,14 +157,16 @@ template <typename Dtype>
 void OneDNNInnerProductLayer<Dtype>::Backward_cpu(
     const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
     const vector<Blob<Dtype>*>& bottom) {
-  if (!use_caffe_ && rows_ > 0 && !backward_made_) {
+  if (!use_caffe_ && training_ && rows_ > 0 && !backward_made_) {
     try {
       MakeBackward();
     } catch (const dnnl::error& e) {
       onednn::Fail(this->layer_param_, e);
     }
   }
-  if (use_caffe_ || rows_ <= 0) {
+  // A backward the net never runs (`caffe time` runs every layer's) is
+  // Caffe's.
+  if (use_caffe_ || !training_ || rows_ <= 0) {
     InnerProductLayer<Dtype>::Backward_cpu(top, propagate_down, bottom);
     return;
   }

@@ -33,12 +33,15 @@ void OneDNNPoolingLayer<Dtype>::Reshape(
   PoolingLayer<Dtype>::Reshape(bottom, top);
   // An empty batch runs Caffe's loops, which do nothing (oneDNN refuses it).
   if (fallback_.always() || bottom[0]->count() == 0 ||
-      bottom[0]->shape() == shape_) {
+      (bottom[0]->shape() == shape_ && training_ == this->backward_needed())) {
     return;
   }
   use_caffe_ = false;  // decided for this shape
   try {
     shape_ = bottom[0]->shape();
+    // A net that never runs this layer's backward (a deploy net, a TEST
+    // net) gets a forward without MAX pooling's workspace.
+    training_ = this->backward_needed();
     MakePrimitives();
   } catch (const dnnl::error& e) {
     UseCaffe(std::string("oneDNN has no pooling for it: ") + e.what(), true);
@@ -78,11 +81,14 @@ void OneDNNPoolingLayer<Dtype>::MakePrimitives() {
   const dnnl::memory::dims dilation = {0, 0};
   const dnnl::memory::dims pad_l = {this->pad_h_, this->pad_w_};
   const dnnl::memory::dims pad_r = {pad_r_h, pad_r_w};
+  const dnnl::prop_kind prop = training_ ? dnnl::prop_kind::forward_training
+      : dnnl::prop_kind::forward_inference;
   dnnl::pooling_forward::primitive_desc forward_pd(onednn::cpu_engine(),
-      dnnl::prop_kind::forward_training, algorithm, src_md_, dst_md_,
+      prop, algorithm, src_md_, dst_md_,
       strides, kernel, dilation, pad_l, pad_r, onednn::Attr());
-  const bool by_default = this->layer_param_.pooling_param().engine() ==
-      PoolingParameter_Engine_DEFAULT;
+  // (or names CAFFE, which CAFFE_ENGINE=onednn runs here)
+  const bool by_default = this->layer_param_.pooling_param().engine() !=
+      PoolingParameter_Engine_ONEDNN;
   dnnl::memory::desc src_md = src_md_;
   if (onednn::IsReference(forward_pd)) {
     // Below AVX-512, oneDNN pools a plain layout with its reference loop
@@ -94,37 +100,39 @@ void OneDNNPoolingLayer<Dtype>::MakePrimitives() {
         dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
     try {
       forward_pd = dnnl::pooling_forward::primitive_desc(
-          onednn::cpu_engine(), dnnl::prop_kind::forward_training, algorithm,
-          blocked, dst_any, strides, kernel, dilation, pad_l, pad_r,
-          onednn::Attr());
+          onednn::cpu_engine(), prop, algorithm, blocked, dst_any, strides,
+          kernel, dilation, pad_l, pad_r, onednn::Attr());
       src_md = blocked;
     } catch (const dnnl::error&) {
       // none for the blocked layout either: the plain one stays
     }
   }
-  dnnl::pooling_backward::primitive_desc backward_pd(onednn::cpu_engine(),
-      algorithm, src_md, forward_pd.dst_desc(), strides, kernel, dilation,
-      pad_l, pad_r, forward_pd, onednn::Attr());
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
-  if (by_default && (onednn::IsReference(forward_pd) ||
-                     onednn::IsReference(backward_pd))) {
-    UseCaffe(onednn::ReferenceReason(onednn::IsReference(forward_pd)
-        ? static_cast<const dnnl::primitive_desc_base&>(forward_pd)
-        : backward_pd));
+  if (by_default && onednn::IsReference(forward_pd)) {
+    UseCaffe(onednn::ReferenceReason(forward_pd));
     return;
+  }
+  workspace_ = dnnl::memory();
+  if (training_) {
+    dnnl::pooling_backward::primitive_desc backward_pd(onednn::cpu_engine(),
+        algorithm, src_md, forward_pd.dst_desc(), strides, kernel, dilation,
+        pad_l, pad_r, forward_pd, onednn::Attr());
+    if (by_default && onednn::IsReference(backward_pd)) {
+      UseCaffe(onednn::ReferenceReason(backward_pd));
+      return;
+    }
+    diff_dst_.Init(dst_md_, backward_pd.diff_dst_desc(), 0);
+    diff_src_.Init(src_md_, backward_pd.diff_src_desc(), 1);
+    if (forward_pd.workspace_desc().get_size() > 0) {
+      workspace_ = dnnl::memory(forward_pd.workspace_desc(),
+                                onednn::cpu_engine());
+    }
+    backward_ = dnnl::pooling_backward(backward_pd);
   }
   forward_ = dnnl::pooling_forward(forward_pd);
   src_.Init(src_md_, forward_pd.src_desc(), 0);
   dst_.Init(dst_md_, forward_pd.dst_desc(), 1);
-  diff_dst_.Init(dst_md_, backward_pd.diff_dst_desc(), 0);
-  diff_src_.Init(src_md_, backward_pd.diff_src_desc(), 1);
-  workspace_ = dnnl::memory();
-  if (forward_pd.workspace_desc().get_size() > 0) {
-    workspace_ = dnnl::memory(forward_pd.workspace_desc(),
-                              onednn::cpu_engine());
-  }
-  backward_ = dnnl::pooling_backward(backward_pd);
 }
 
 template <typename Dtype>
@@ -152,7 +160,12 @@ template <typename Dtype>
 void OneDNNPoolingLayer<Dtype>::Backward_cpu(
     const vector<Blob<Dtype>*>& top, const vector<bool>& propagate_down,
     const vector<Blob<Dtype>*>& bottom) {
-  if (use_caffe_ || bottom[0]->count() == 0) {
+  if (!use_caffe_ && !training_ && bottom[0]->count() > 0) {
+    // A backward the net never runs (`caffe time` runs every layer's):
+    // Caffe's, after Caffe's forward has found the maxima it needs.
+    PoolingLayer<Dtype>::Forward_cpu(bottom, top);
+  }
+  if (use_caffe_ || !training_ || bottom[0]->count() == 0) {
     PoolingLayer<Dtype>::Backward_cpu(top, propagate_down, bottom);
     return;
   }

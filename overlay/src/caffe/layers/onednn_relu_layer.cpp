@@ -50,8 +50,8 @@ void OneDNNReLULayer<Dtype>::MakePrimitives() {
       onednn::Attr());
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
-  const bool by_default = this->layer_param_.relu_param().engine() ==
-      ReLUParameter_Engine_DEFAULT;
+  const bool by_default = this->layer_param_.relu_param().engine() !=
+      ReLUParameter_Engine_ONEDNN;
   if (by_default && (onednn::IsReference(forward_pd) ||
                      onednn::IsReference(backward_pd))) {
     UseCaffe(onednn::ReferenceReason(onednn::IsReference(forward_pd)
@@ -70,8 +70,8 @@ void OneDNNReLULayer<Dtype>::Forward_cpu(
   // oneDNN's ReLU gives 0 for NaN (and, without a slope, for -inf) where
   // Caffe's gives NaN, which would hide a diverging net. Its backward is
   // oneDNN's (about 10x Caffe's), which differs only where the input is NaN.
-  const bool by_default = this->layer_param_.relu_param().engine() ==
-      ReLUParameter_Engine_DEFAULT;
+  const bool by_default = this->layer_param_.relu_param().engine() !=
+      ReLUParameter_Engine_ONEDNN;
   if (use_caffe_ || count_ <= 0 || by_default) {
     ReLULayer<Dtype>::Forward_cpu(bottom, top);
     return;

@@ -129,20 +129,20 @@ void Execute(const dnnl::primitive& primitive,
 
 void Operand::Init(const dnnl::memory::desc& plain,
                    const dnnl::memory::desc& wanted, int slot,
-                   bool accumulate) {
+                   bool accumulate, bool copy) {
   if (slot == kOwn && slot_ == kOwn && reorder_ && accumulate == accumulate_ &&
-      plain == plain_ && wanted == wanted_) {
+      copy == copy_ && plain == plain_ && wanted == wanted_) {
     return;
   }
   plain_ = plain;
   wanted_ = wanted;
   slot_ = slot;
   accumulate_ = accumulate;
+  copy_ = copy;
   version_ = 0;
   own_ = dnnl::memory();
-  reorder_ = !(plain == wanted) || accumulate;
+  reorder_ = !(plain == wanted) || accumulate || copy;
   if (!reorder_) return;
-  if (slot == kOwn) own_ = dnnl::memory(wanted, cpu_engine());
   const dnnl::engine& engine = cpu_engine();
   to_copy_ = dnnl::reorder(
       dnnl::reorder::primitive_desc(engine, plain, engine, wanted, Attr()));
@@ -157,7 +157,10 @@ void Operand::Init(const dnnl::memory::desc& plain,
 }
 
 dnnl::memory Operand::Copy() {
-  if (slot_ == kOwn) return own_;
+  if (slot_ == kOwn) {
+    if (!own_) own_ = dnnl::memory(wanted_, cpu_engine());
+    return own_;
+  }
   return dnnl::memory(wanted_, cpu_engine(),
                       Scratch(slot_, wanted_.get_size()));
 }
