@@ -143,7 +143,9 @@ def test_deploy_chains_run_as_one_convolution_with_caffes_values(deploy, isa):
     assert any(",g16" in ",".join(row) or "g16" in row[-2] for row in convolutions)
     pooling = [row for row in rows if row[1] == "pooling"]
     assert pooling and {row[3] for row in pooling} == {"forward_inference"}
-    assert all("ws_undef" in ",".join(row) for row in pooling)
+    # (oneDNN 3.2 names the missing workspace ws_undef; later versions omit it)
+    assert not [field for row in pooling for field in ",".join(row).replace(",", " ").split()
+                if field.startswith("ws_") and not field.startswith("ws_undef")]
 
 
 def test_a_net_that_trains_fuses_nothing(deploy):

@@ -33,18 +33,28 @@ void LogFallback(const std::string& layer, const std::string& why,
 // Why a layer runs Caffe's code instead of oneDNN's: for good (a setting
 // oneDNN cannot run, found at setup), or for the shape at hand, decided
 // again at each new shape, so that the code a layer runs for a shape never
-// depends on the shapes it saw before. Each reason is logged once a layer.
+// depends on the shapes it saw before. Each reason is logged once a layer,
+// at the first forward that runs Caffe's code for it (a layer decides again
+// when its net says that its backward never runs: a choice replaced before
+// any forward is never said).
 class Fallback {
  public:
-  Fallback() : always_(false) {}
+  Fallback() : always_(false), error_(false) {}
   void Always() { always_ = true; }
   bool always() const { return always_; }
-  void Log(const std::string& layer, const std::string& why, bool error) {
-    if (logged_.insert(why).second) LogFallback(layer, why, error);
+  void Set(const std::string& why, bool error) {
+    why_ = why;
+    error_ = error;
+  }
+  void Report(const std::string& layer) {
+    if (!why_.empty() && logged_.insert(why_).second) {
+      LogFallback(layer, why_, error_);
+    }
   }
 
  private:
-  bool always_;
+  bool always_, error_;
+  std::string why_;
   std::set<std::string> logged_;
 };
 

@@ -10,7 +10,7 @@ namespace caffe {
 template <typename Dtype>
 void OneDNNConvolutionLayer<Dtype>::UseCaffe(const std::string& why, bool error) {
   use_caffe_ = true;
-  fallback_.Log(this->layer_param_.name(), why, error);
+  fallback_.Set(why, error);
 }
 
 template <typename Dtype>
@@ -330,6 +330,7 @@ void OneDNNConvolutionLayer<Dtype>::MakeBackward() {
 template <typename Dtype>
 void OneDNNConvolutionLayer<Dtype>::Forward_cpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  if (use_caffe_) fallback_.Report(this->layer_param_.name());
   const bool fused = this->run_fused_ && !fused_.empty();
   if (use_caffe_ || bottom[0]->count() == 0) {
     ConvolutionLayer<Dtype>::Forward_cpu(bottom, top);
@@ -378,6 +379,7 @@ void OneDNNConvolutionLayer<Dtype>::Backward_cpu(
     } catch (const dnnl::error& e) {
       UseCaffe(std::string("oneDNN has no backward convolution for it: ") +
                e.what(), true);
+      fallback_.Report(this->layer_param_.name());
     }
   }
   // A backward the net never runs (`caffe time` runs every layer's) is

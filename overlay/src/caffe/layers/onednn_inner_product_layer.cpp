@@ -8,7 +8,7 @@ namespace caffe {
 template <typename Dtype>
 void OneDNNInnerProductLayer<Dtype>::UseCaffe(const std::string& why, bool error) {
   use_caffe_ = true;
-  fallback_.Log(this->layer_param_.name(), why, error);
+  fallback_.Set(why, error);
 }
 
 template <typename Dtype>
@@ -132,6 +132,7 @@ void OneDNNInnerProductLayer<Dtype>::MakeBackward() {
 template <typename Dtype>
 void OneDNNInnerProductLayer<Dtype>::Forward_cpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  if (use_caffe_) fallback_.Report(this->layer_param_.name());
   if (use_caffe_ || rows_ <= 0) {
     InnerProductLayer<Dtype>::Forward_cpu(bottom, top);
     return;

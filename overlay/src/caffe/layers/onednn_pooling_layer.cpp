@@ -9,7 +9,7 @@ namespace caffe {
 template <typename Dtype>
 void OneDNNPoolingLayer<Dtype>::UseCaffe(const std::string& why, bool error) {
   use_caffe_ = true;
-  fallback_.Log(this->layer_param_.name(), why, error);
+  fallback_.Set(why, error);
 }
 
 template <typename Dtype>
@@ -138,6 +138,7 @@ void OneDNNPoolingLayer<Dtype>::MakePrimitives() {
 template <typename Dtype>
 void OneDNNPoolingLayer<Dtype>::Forward_cpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  if (use_caffe_) fallback_.Report(this->layer_param_.name());
   if (use_caffe_ || bottom[0]->count() == 0) {
     PoolingLayer<Dtype>::Forward_cpu(bottom, top);
     return;

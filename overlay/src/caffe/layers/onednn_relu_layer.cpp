@@ -9,7 +9,7 @@ namespace caffe {
 template <typename Dtype>
 void OneDNNReLULayer<Dtype>::UseCaffe(const std::string& why, bool error) {
   use_caffe_ = true;
-  fallback_.Log(this->layer_param_.name(), why, error);
+  fallback_.Set(why, error);
 }
 
 template <typename Dtype>
@@ -66,6 +66,7 @@ void OneDNNReLULayer<Dtype>::MakePrimitives() {
 template <typename Dtype>
 void OneDNNReLULayer<Dtype>::Forward_cpu(
     const vector<Blob<Dtype>*>& bottom, const vector<Blob<Dtype>*>& top) {
+  if (use_caffe_) fallback_.Report(this->layer_param_.name());
   // A layer that names no engine computes its forward with Caffe's code:
   // oneDNN's ReLU gives 0 for NaN (and, without a slope, for -inf) where
   // Caffe's gives NaN, which would hide a diverging net. Its backward is

@@ -16,6 +16,7 @@
 #include "caffe/layer_factory.hpp"
 #include "caffe/layers/onednn_conv_layer.hpp"
 #include "caffe/layers/onednn_inner_product_layer.hpp"
+#include "caffe/layers/onednn_lrn_layer.hpp"
 #include "caffe/layers/onednn_pooling_layer.hpp"
 #include "caffe/layers/onednn_relu_layer.hpp"
 #include "caffe/util/math_functions.hpp"
@@ -330,6 +331,43 @@ TEST_F(OneDNNLayerTest, TestReLUGradient) {
   checker.CheckGradientEltwise(&layer, bottom_vec, top_vec);
 }
 
+// --- LRN ----------------------------------------------------------------
+
+TEST_F(OneDNNLayerTest, TestLRNGrid) {
+  // The windows oneDNN's kernels take (5 channels across, 3 or 5 within),
+  // on channel counts they block, and k, alpha and beta away from 1.
+  const LRNParameter_NormRegion regions[] = {
+      LRNParameter_NormRegion_ACROSS_CHANNELS,
+      LRNParameter_NormRegion_WITHIN_CHANNEL};
+  for (LRNParameter_NormRegion region : regions) for (int size : {3, 5}) {
+    LayerParameter param;
+    LRNParameter* lrn = param.mutable_lrn_param();
+    lrn->set_norm_region(region);
+    lrn->set_local_size(size);
+    lrn->set_alpha(0.7f);
+    lrn->set_beta(0.6f);
+    lrn->set_k(1.5f);
+    lrn->set_engine(LRNParameter_Engine_ONEDNN);
+    SCOPED_TRACE("region " + std::to_string(region) + " size " +
+                 std::to_string(size));
+    OneDNNLRNLayer<float> onednn(param);
+    LRNLayer<float> caffe(param);
+    ExpectSameAsCaffe(&onednn, &caffe, {2, 16, 7, 6}, false);
+  }
+}
+
+TEST_F(OneDNNLayerTest, TestLRNGradient) {
+  LayerParameter param;
+  param.mutable_lrn_param()->set_alpha(0.5f);
+  param.mutable_lrn_param()->set_engine(LRNParameter_Engine_ONEDNN);
+  OneDNNLRNLayer<float> layer(param);
+  Blob<float> bottom(2, 16, 4, 5), top;
+  Fill(&bottom);
+  vector<Blob<float>*> bottom_vec(1, &bottom), top_vec(1, &top);
+  GradientChecker<float> checker(1e-2, 1e-2, 1701);
+  checker.CheckGradientExhaustive(&layer, bottom_vec, top_vec);
+}
+
 // --- InnerProduct -------------------------------------------------------
 
 TEST_F(OneDNNLayerTest, TestInnerProductGrid) {
@@ -390,6 +428,10 @@ static bool Creates(const std::string& type, const std::string& engine) {
       ReLUParameter_Engine value;
       CHECK(ReLUParameter_Engine_Parse(engine, &value));
       param.mutable_relu_param()->set_engine(value);
+    } else if (type == "LRN") {
+      LRNParameter_Engine value;
+      CHECK(LRNParameter_Engine_Parse(engine, &value));
+      param.mutable_lrn_param()->set_engine(value);
     }
   }
   shared_ptr<Layer<float> > layer = LayerRegistry<float>::CreateLayer(param);
@@ -402,6 +444,7 @@ TEST_F(OneDNNLayerTest, TestEngineChoice) {
   EXPECT_TRUE(Creates<OneDNNReLULayer<float> >("ReLU", ""));
   EXPECT_TRUE(Creates<OneDNNReLULayer<float> >("ReLU", "ONEDNN"));
   EXPECT_TRUE(Creates<OneDNNInnerProductLayer<float> >("InnerProduct", ""));
+  EXPECT_TRUE(Creates<OneDNNLRNLayer<float> >("LRN", ""));
   EXPECT_FALSE(Creates<OneDNNConvolutionLayer<float> >("Convolution",
                                                        "CAFFE"));
   EXPECT_FALSE(Creates<OneDNNInnerProductLayer<float> >("InnerProduct",
@@ -411,6 +454,11 @@ TEST_F(OneDNNLayerTest, TestEngineChoice) {
   EXPECT_FALSE(Creates<OneDNNReLULayer<float> >("ReLU", ""));
   EXPECT_TRUE(Creates<OneDNNConvolutionLayer<float> >("Convolution",
                                                       "ONEDNN"));
+  unsetenv("CAFFE_ENGINE");
+  EXPECT_FALSE(Creates<OneDNNLRNLayer<float> >("LRN", "CAFFE"));
+  setenv("CAFFE_ENGINE", "onednn", 1);   // and layers that name CAFFE too
+  EXPECT_TRUE(Creates<OneDNNLRNLayer<float> >("LRN", "CAFFE"));
+  EXPECT_TRUE(Creates<OneDNNConvolutionLayer<float> >("Convolution", "CAFFE"));
   setenv("CAFFE_ENGINE", "cafe", 1);
   EXPECT_THROW(Creates<OneDNNPoolingLayer<float> >("Pooling", ""), Error);
   unsetenv("CAFFE_ENGINE");

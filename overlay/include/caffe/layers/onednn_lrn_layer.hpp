@@ -1,0 +1,56 @@
+#ifndef CAFFE_ONEDNN_LRN_LAYER_HPP_
+#define CAFFE_ONEDNN_LRN_LAYER_HPP_
+
+#include <string>
+#include <vector>
+
+#include "caffe/blob.hpp"
+#include "caffe/layer.hpp"
+#include "caffe/proto/caffe.pb.h"
+
+#include "caffe/layers/lrn_layer.hpp"
+#include "caffe/util/onednn.hpp"
+
+namespace caffe {
+
+#ifdef USE_ONEDNN
+/**
+ * @brief LRNLayer (ACROSS_CHANNELS and WITHIN_CHANNEL, Caffe's alpha over
+ *        the window's size) on oneDNN's LRN primitives in CPU mode; GPU mode
+ *        runs Caffe's code.
+ */
+template <typename Dtype>
+class OneDNNLRNLayer : public LRNLayer<Dtype> {
+ public:
+  explicit OneDNNLRNLayer(const LayerParameter& param)
+      : LRNLayer<Dtype>(param), use_caffe_(false), training_(true) {}
+  virtual void LayerSetUp(const vector<Blob<Dtype>*>& bottom,
+      const vector<Blob<Dtype>*>& top);
+  virtual void Reshape(const vector<Blob<Dtype>*>& bottom,
+      const vector<Blob<Dtype>*>& top);
+
+ protected:
+  virtual void Forward_cpu(const vector<Blob<Dtype>*>& bottom,
+      const vector<Blob<Dtype>*>& top);
+  virtual void Backward_cpu(const vector<Blob<Dtype>*>& top,
+      const vector<bool>& propagate_down, const vector<Blob<Dtype>*>& bottom);
+
+ private:
+  void UseCaffe(const std::string& why, bool error = false);
+  void MakePrimitives();
+
+  bool use_caffe_;  // for the current shape
+  onednn::Fallback fallback_;
+  vector<int> shape_;  // the bottom shape the primitives are made for
+  bool training_;  // they are made for a backward too
+  dnnl::lrn_forward forward_;
+  dnnl::lrn_backward backward_;
+  // Caffe's blobs as the primitives take them (reordered where blocked).
+  onednn::Operand src_, dst_, bw_src_, diff_dst_, diff_src_;
+  dnnl::memory workspace_;
+};
+#endif
+
+}  // namespace caffe
+
+#endif  // CAFFE_ONEDNN_LRN_LAYER_HPP_
