@@ -12,6 +12,12 @@ check_rendered_variants() {
   "${conda_python}" "${repo_root}/ci/conda_pinning.py" check "${CONDA_FORGE_PINNING}" "${repo_root}/recipe" \
     --seeds 0 1 2 --work "${conda_dir}" 2> >(grep -v '^WARNING: Setting build' >&2) \
     || die "conda-build's rendering of recipe/ failed (above)"
+  # linux-aarch64, which conda-forge cross-compiles on linux-64: one seed (the
+  # seeds above test conda-build's merging, which is the same for both).
+  echo "    recipe for linux-aarch64"
+  "${conda_python}" "${repo_root}/ci/conda_pinning.py" check "${CONDA_FORGE_PINNING}" "${repo_root}/recipe" \
+    --subdir linux-aarch64 --seeds 0 --work "${conda_dir}" 2> >(grep -v '^WARNING: Setting build' >&2) \
+    || die "conda-build's rendering of recipe/ for linux-aarch64 failed (above)"
   echo "    ${conda_dir#"${repo_root}/"}/recipe, one request at a time (ci/conda-build --python V --cuda V)"
   "${conda_python}" "${repo_root}/ci/conda_pinning.py" requests "${CONDA_FORGE_PINNING}" \
     "${conda_dir}/recipe" --work "${conda_dir}" 2> >(grep -v '^WARNING: Setting build' >&2) \
@@ -38,6 +44,27 @@ check_conda_forge_lint() {
     | grep -v 'could do with some maintainers listed' || true)
   [[ -z "${findings}" ]] || { echo "${findings}"; die "conda-forge's linter: lints or hints above (log: ${report#"${repo_root}/"})"; }
   echo "    $(grep -E '^(Lints|Hints) \(' "${report}" | tr -d ':' | paste -sd' '): only the recipe-maintainers placeholder"
+}
+
+# conda-smithy's rerendering of a feedstock made of the exported recipe and
+# conda-forge.yml (ci/rerender.py), with the linter's conda-smithy: the jobs
+# it writes for linux-aarch64 must cross-compile on linux-64 and keep the tests.
+check_conda_forge_rerender() {
+  step "conda-smithy rerenders the feedstock (conda-forge.yml + the exported recipe)"
+  local feedstock="${conda_dir}/feedstock"
+  rm -rf "${feedstock}"
+  mkdir -p "${feedstock}"
+  cp -r "${conda_dir}/recipe" "${feedstock}/recipe"
+  cp "${repo_root}/conda-forge.yml" "${feedstock}/"
+  # conda-smithy reads the feedstock as a git repository.
+  git -C "${feedstock}" init -q
+  git -C "${feedstock}" add -A
+  git -C "${feedstock}" -c user.name=ci -c user.email=ci@localhost commit -qm recipe
+  "${build_root}/conda-smithy/bin/python" "${repo_root}/ci/rerender.py" "${feedstock}" "${CONDA_FORGE_PINNING}" \
+    > "${build_root}/logs/conda-smithy-rerender.log" 2>&1 \
+    || { tail -n 20 "${build_root}/logs/conda-smithy-rerender.log"
+         die "conda-smithy's rerendering failed (log: build/logs/conda-smithy-rerender.log)"; }
+  tail -n 1 "${build_root}/logs/conda-smithy-rerender.log"
 }
 
 # What the .conda files hold: files, licenses, run dependencies against NEEDED.
@@ -110,6 +137,7 @@ run_conda_tests() {
   if [[ "${cuda_version}" == None ]]; then
     check_rendered_variants
     check_conda_forge_lint
+    check_conda_forge_rerender
   fi
   check_built_packages
   run_tests_in_conda_env

@@ -12,6 +12,10 @@ PINNING_DIR holds conda-forge's conda_build_config.yaml and, in migrations/,
 the migrations this recipe is in (cuda130.yaml, python314.yaml), as a
 feedstock's .ci_support/migrations/ does; every one found there is applied.
 
+Every command takes --subdir (linux-64, the default, or linux-aarch64, which
+conda-forge cross-compiles on linux-64): the platform whose selectors and
+builds are evaluated.
+
     conda_pinning.py write PINNING_DIR OUT.yaml [--python V] [--cuda V]
         the merged variant config, for conda-build -m; --python / --cuda keep
         only that value of the key and of every key zipped with it (as
@@ -45,6 +49,9 @@ from pathlib import Path
 import yaml
 
 CUDA_HOST = {"cuda-version", "cuda-cudart-dev", "libcublas-dev", "libcurand-dev", "libcudnn-dev"}
+SUBDIRS = ("linux-64", "linux-aarch64")
+# Where conda-forge builds each subdir: linux-aarch64 is cross-compiled.
+BUILD_SUBDIR = "linux-64"
 
 
 class Failed(Exception):
@@ -56,24 +63,30 @@ def require(condition: bool, message: str) -> None:
         raise Failed(message)
 
 
-def load(path: Path) -> dict:
-    """One variant file, its selectors evaluated for linux-64 as conda-build does."""
+def config_for(subdir: str):
     from conda_build.config import Config
+
+    platform, arch = subdir.split("-")
+    return Config(platform=platform, arch=arch)
+
+
+def load(path: Path, subdir: str = "linux-64") -> dict:
+    """One variant file, its selectors evaluated for subdir as conda-build does."""
     from conda_build.variants import parse_config_file
 
     if not path.is_file():
         raise Failed(f"pinning file not found: {path}")
-    return parse_config_file(str(path), Config(platform="linux", arch="64"))
+    return parse_config_file(str(path), config_for(subdir))
 
 
-def merged(pinning_dir: Path) -> dict:
+def merged(pinning_dir: Path, subdir: str = "linux-64") -> dict:
     """The global pinning with every key_add migration of pinning_dir/migrations."""
     os.environ["CF_CUDA_ENABLED"] = "True"  # what conda-smithy sets for compiler('cuda')
-    config = load(pinning_dir / "conda_build_config.yaml")
+    config = load(pinning_dir / "conda_build_config.yaml", subdir)
     migrations = pinning_dir / "migrations"
     require(migrations.is_dir(), f"no migrations folder in {pinning_dir}")
     for migration_file in sorted(migrations.glob("*.yaml")):
-        migration = load(migration_file)
+        migration = load(migration_file, subdir)
         operation = (migration.get("__migrator") or {}).get("operation")
         require(operation == "key_add",
                 f"{migration_file.name}: migration operation {operation!r} is not key_add")
@@ -120,8 +133,13 @@ def copy_migrations(source: Path, out: Path) -> None:
     print("    migrations: " + (", ".join(taken) or "none"))
 
 
-def write(pinning_dir: Path, out: Path, python: str | None = None, cuda: str | None = None) -> None:
-    config = merged(pinning_dir)
+def write(pinning_dir: Path, out: Path, python: str | None = None, cuda: str | None = None,
+          subdir: str = "linux-64") -> None:
+    config = merged(pinning_dir, subdir)
+    if subdir != BUILD_SUBDIR:
+        # As conda-smithy writes a cross job's config: conda-build runs on the
+        # build subdir and takes the target from this key.
+        config["target_platform"] = [subdir]
     if python:
         config = narrowed(config, "python", python)
     if cuda:
@@ -133,7 +151,7 @@ def names(deps) -> set[str]:
     return {str(d).split()[0] for d in deps or []}
 
 
-def check_output(tag: str, name: str, meta: dict, gpu: bool) -> None:
+def check_output(tag: str, name: str, meta: dict, gpu: bool, subdir: str) -> None:
     """The invariants of one rendered output."""
     reqs = meta.get("requirements") or {}
     build, host, run = (names(reqs.get(k)) for k in ("build", "host", "run"))
@@ -151,10 +169,15 @@ def check_output(tag: str, name: str, meta: dict, gpu: bool) -> None:
                 f"[{tag}] caffe links CBLAS only, yet its host has {sorted(host)}")
         require("libprotobuf" in build and "protobuf" not in build,
                 f"[{tag}] protoc comes from libprotobuf in build: {sorted(build)}")
+        cross = {f"cross-python_{subdir}", "python", "numpy"}
+        if subdir != BUILD_SUBDIR:  # conda-forge's cross-compiled Python extensions
+            require(cross <= build, f"[{tag}] a cross build lacks {sorted(cross - build)} in build")
+        else:
+            require(not cross & build, f"[{tag}] a native build has {sorted(cross & build)} in build")
         if gpu:
             require("__cuda" in run, f"[{tag}] caffe does not require __cuda")
             require(CUDA_HOST <= host, f"[{tag}] caffe lacks {sorted(CUDA_HOST - host)}")
-            require("cuda-nvcc_linux-64" in build, f"[{tag}] caffe lacks compiler('cuda')")
+            require(f"cuda-nvcc_{subdir}" in build, f"[{tag}] caffe lacks compiler('cuda') for {subdir}")
             require("caffe-cpu" in constrained, f"[{tag}] a CUDA caffe must constrain caffe-cpu away")
             ignored = (meta["build"].get("ignore_run_exports_from") or [])
             require(not any("nvcc" in str(i) for i in ignored),
@@ -171,25 +194,26 @@ def check_output(tag: str, name: str, meta: dict, gpu: bool) -> None:
                 f"[{tag}] caffe-pylayer has no license file of its own")
 
 
-def render_all(config_file: Path, recipe_dir: Path) -> list[dict]:
+def render_all(config_file: Path, recipe_dir: Path, subdir: str = "linux-64") -> list[dict]:
     """Every variant's outputs, rendered by conda-build (no channel needed)."""
     from contextlib import redirect_stdout
 
     from conda_build import api
 
+    platform, arch = BUILD_SUBDIR.split("-")  # the target comes from the config's target_platform
     os.environ["CF_CUDA_ENABLED"] = "True"
     with redirect_stdout(sys.stderr):  # conda-build's progress lines
         rendered = api.render(str(recipe_dir), variant_config_files=[str(config_file)],
-                              bypass_env_check=True, finalize=False, platform="linux", arch="64")
+                              bypass_env_check=True, finalize=False, platform=platform, arch=arch)
     outputs = []
     for metadata, _, _ in rendered:
         variant = metadata.config.variant
         cuda = str(variant.get("cuda_compiler_version", "None"))
         python = str(variant.get("python", "")).split()[0]
-        tag = f"cuda {cuda}, python {python}"
+        tag = f"{subdir}, cuda {cuda}, python {python}"
         name = metadata.name()
         meta = metadata.meta
-        check_output(tag, name, meta, cuda != "None")
+        check_output(tag, name, meta, cuda != "None", subdir)
         outputs.append({"cuda": cuda, "python": python, "name": name,
                         "version": metadata.version(), "string": meta["build"]["string"]})
     return outputs
@@ -211,37 +235,38 @@ def check_builds(outputs: list[dict]) -> str:
             f"{', '.join(p.rstrip('.*') for p in pythons)}), caffe-cpu, caffe-gpu, caffe-pylayer")
 
 
-def variants(config_file: Path, recipe_dir: Path) -> list[dict]:
-    outputs = render_all(config_file, recipe_dir)
+def variants(config_file: Path, recipe_dir: Path, subdir: str) -> list[dict]:
+    outputs = render_all(config_file, recipe_dir, subdir)
     for o in outputs:
         print(f"{o['name']} {o['version']} {o['string']}")
     return outputs
 
 
-def requests(pinning_dir: Path, recipe_dir: Path, work: Path) -> None:
+def requests(pinning_dir: Path, recipe_dir: Path, work: Path, subdir: str) -> None:
     """Each Python x CUDA request of the pinning renders exactly one caffe, of
     that Python and CUDA."""
-    config = merged(pinning_dir)
+    config = merged(pinning_dir, subdir)
     pythons = [python_of(v) for v in config["python"]]
     cudas = [str(v) for v in config["cuda_compiler_version"]]
     for python in pythons:
         for cuda in cudas:
-            config_file = work / f"pinning-{python}-{cuda}.yaml"
-            write(pinning_dir, config_file, python, cuda)
-            caffes = [o for o in render_all(config_file, recipe_dir) if o["name"] == "caffe"]
+            config_file = work / f"pinning-{subdir}-{python}-{cuda}.yaml"
+            write(pinning_dir, config_file, python, cuda, subdir)
+            caffes = [o for o in render_all(config_file, recipe_dir, subdir) if o["name"] == "caffe"]
             got = [(o["python"].removesuffix(".*"), o["cuda"]) for o in caffes]
             require(got == [(python, cuda)],
                     f"python {python}, cuda {cuda}: {len(caffes)} caffe builds rendered {got}")
-            print(f"    python {python}, cuda {cuda}: caffe {caffes[0]['string']}")
+            print(f"    {subdir}, python {python}, cuda {cuda}: caffe {caffes[0]['string']}")
 
 
-def check(pinning_dir: Path, recipe_dir: Path, seeds: list[int], work: Path) -> None:
-    config_file = work / "conda-forge-pinning-merged.yaml"
-    write(pinning_dir, config_file)
+def check(pinning_dir: Path, recipe_dir: Path, seeds: list[int], work: Path, subdir: str) -> None:
+    config_file = work / f"conda-forge-pinning-merged-{subdir}.yaml"
+    write(pinning_dir, config_file, subdir=subdir)
     results = {}
     for seed in seeds:
         env = dict(os.environ, PYTHONHASHSEED=str(seed))
-        done = subprocess.run([sys.executable, __file__, "render", str(config_file), str(recipe_dir)],
+        done = subprocess.run([sys.executable, __file__, "render", str(config_file), str(recipe_dir),
+                               "--subdir", subdir],
                               env=env, capture_output=True, text=True)
         lines = done.stdout.strip().splitlines()
         if done.returncode != 0 or not lines:
@@ -249,7 +274,7 @@ def check(pinning_dir: Path, recipe_dir: Path, seeds: list[int], work: Path) -> 
             raise Failed(f"PYTHONHASHSEED={seed}: " + (lines[-1] if lines else "")
                          + ("; ".join(errors[-2:]) or done.stderr[-600:]))
         results[seed] = json.loads(lines[-1])
-        print(f"    PYTHONHASHSEED={seed}: {results[seed]['summary']}")
+        print(f"    {subdir}, PYTHONHASHSEED={seed}: {results[seed]['summary']}")
     # caffe-cpu/-gpu do not depend on Python, so conda-build renders them once
     # for whichever Python it meets first: compare the others.
     builds = {seed: sorted(b for b in r["builds"] if b[0] in ("caffe", "caffe-pylayer"))
@@ -284,20 +309,22 @@ def main() -> int:
     p = sub.add_parser("render")  # one seed, in a child process of check
     p.add_argument("config", type=Path)
     p.add_argument("recipe", type=Path)
+    for command in sub.choices.values():
+        command.add_argument("--subdir", choices=SUBDIRS, default="linux-64")
     args = parser.parse_args()
     try:
         if args.command == "write":
-            write(args.pinning, args.out, args.python, args.cuda)
+            write(args.pinning, args.out, args.python, args.cuda, args.subdir)
         elif args.command == "migrations":
             copy_migrations(args.source, args.out)
         elif args.command == "variants":
-            variants(args.config, args.recipe)
+            variants(args.config, args.recipe, args.subdir)
         elif args.command == "requests":
-            requests(args.pinning, args.recipe, args.work)
+            requests(args.pinning, args.recipe, args.work, args.subdir)
         elif args.command == "check":
-            check(args.pinning, args.recipe, args.seeds, args.work)
+            check(args.pinning, args.recipe, args.seeds, args.work, args.subdir)
         else:
-            outputs = render_all(args.config, args.recipe)
+            outputs = render_all(args.config, args.recipe, args.subdir)
             print(json.dumps({"summary": check_builds(outputs),
                               "builds": [[o["name"], o["version"], o["string"]] for o in outputs]}))
     except Failed as failure:

@@ -56,61 +56,85 @@ apt_install_experimental() {
     --allow-downgrades -t experimental "$@" >/dev/null
 }
 
-# A Debian sid chroot at build/sid-root with experimental enabled, from the
-# mirror apt uses; made once, reused after.
+# The sid chroot (ci/build --distro sid), with experimental enabled.
 sid_root="${repo_root}/build/sid-root"
-ensure_sid_chroot() {
+
+# A Debian chroot of a suite at a folder, from the mirror apt uses, with the
+# repository bind-mounted at its own path; made once, reused after. Its apt
+# sources: the suite, then the extra suites given ("experimental").
+ensure_chroot() {
+  local root=$1 suite=$2 extra
+  shift 2
   local mirror
   mirror=$(apt_mirror)
   [[ -n "${mirror}" ]] || die "cannot read a Debian mirror from apt's sources"
-  if [[ ! -x "${sid_root}/usr/bin/apt-get" ]]; then
+  if [[ ! -x "${root}/usr/bin/apt-get" ]]; then
     apt_install debootstrap
-    echo "    debootstrap sid from ${mirror}"
-    debootstrap --variant=minbase sid "${sid_root}" "${mirror}" >/dev/null
+    echo "    debootstrap ${suite} from ${mirror}"
+    debootstrap --variant=minbase "${suite}" "${root}" "${mirror}" >/dev/null
   fi
-  printf 'deb %s sid main\ndeb %s experimental main\n' "${mirror}" "${mirror}" \
-    > "${sid_root}/etc/apt/sources.list"
+  { printf 'deb %s %s main\n' "${mirror}" "${suite}"
+    for extra in "$@"; do printf 'deb %s %s main\n' "${mirror}" "${extra}"; done
+  } > "${root}/etc/apt/sources.list"
   # A mirror frozen at a date serves sid's Release file past its Valid-Until.
-  echo 'Acquire::Check-Valid-Until "false";' > "${sid_root}/etc/apt/apt.conf.d/99caffe-pylayer"
-  mkdir -p "${sid_root}${repo_root}"
-  mountpoint -q "${sid_root}/proc" || mount -t proc proc "${sid_root}/proc"
-  mountpoint -q "${sid_root}${repo_root}" || mount --bind "${repo_root}" "${sid_root}${repo_root}"
-  cp /etc/resolv.conf "${sid_root}/etc/resolv.conf" 2>/dev/null || true
+  echo 'Acquire::Check-Valid-Until "false";' > "${root}/etc/apt/apt.conf.d/99caffe-pylayer"
+  mkdir -p "${root}${repo_root}"
+  mountpoint -q "${root}/proc" || mount -t proc proc "${root}/proc"
+  mountpoint -q "${root}${repo_root}" || mount --bind "${repo_root}" "${root}${repo_root}"
+  # This machine's compiler cache, so that a new clone's chroot builds hit it too.
+  mkdir -p "${HOME}/.cache/ccache" "${root}/root/.cache/ccache"
+  mountpoint -q "${root}/root/.cache/ccache" || mount --bind "${HOME}/.cache/ccache" "${root}/root/.cache/ccache"
+  cp /etc/resolv.conf "${root}/etc/resolv.conf" 2>/dev/null || true
   # Certificate authorities this machine trusts locally (a proxy's, say)
   # must be trusted inside the chroot too, for pip.
   if compgen -G '/usr/local/share/ca-certificates/*.crt' >/dev/null; then
-    mkdir -p "${sid_root}/usr/local/share/ca-certificates"
-    cp /usr/local/share/ca-certificates/*.crt "${sid_root}/usr/local/share/ca-certificates/"
-    chroot "${sid_root}" update-ca-certificates >/dev/null 2>&1 || true
+    mkdir -p "${root}/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "${root}/usr/local/share/ca-certificates/"
+    chroot "${root}" update-ca-certificates >/dev/null 2>&1 || true
   fi
 }
 
-# Run one of ci/'s scripts inside the sid chroot, with its own build root,
-# from the repository root (the inner bash expands the quoted $0, $1, $@).
+# Run one of ci/'s scripts inside a chroot that ensure_chroot made, with its
+# own build root (build/NAME), from the repository root (the inner bash
+# expands the quoted $0, $1, $@). Extra variables for the script come as
+# NAME=VALUE words before the script's name.
 # shellcheck disable=SC2016
-run_in_sid() {
-  ensure_sid_chroot
+run_in_chroot() {
+  local root=$1 name=$2
+  shift 2
+  local vars=()
+  while [[ "${1:-}" == *=* ]]; do vars+=("$1"); shift; done
   local status=0
-  chroot "${sid_root}" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+  chroot "${root}" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-    CAFFE_DISTRO=sid CAFFE_BUILD_ROOT="${repo_root}/build/sid" \
-    CAFFE_PYLAYER_CACHE="${repo_root}/build/sid/cache" \
-    PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    CAFFE_BUILD_ROOT="${repo_root}/build/${name}" \
+    CAFFE_PYLAYER_CACHE="${repo_root}/build/${name}/cache" \
+    PIP_CERT=/etc/ssl/certs/ca-certificates.crt "${vars[@]}" \
     bash -c 'cd "$0" && exec "ci/$1" "${@:2}"' "${repo_root}" "$@" || status=$?
   # Unmount again, so that removing build/ can never reach the repository
   # through the chroot's bind mount.
-  umount "${sid_root}${repo_root}" "${sid_root}/proc" 2>/dev/null || true
+  umount "${root}${repo_root}" "${root}/root/.cache/ccache" "${root}/proc/sys/fs/binfmt_misc" \
+    "${root}/proc" 2>/dev/null || true
   return "${status}"
 }
 
-# --distro sid, given outside the chroot: run this ci/ script inside it instead.
+# --distro sid or --arch aarch64, given outside the chroot: run this ci/
+# script inside its chroot instead.
 run_in_distro_if_asked() {
-  local distro=$1 script=$2
-  shift 2
-  [[ -n "${distro}" && -z "${CAFFE_DISTRO:-}" ]] || return 0
+  local distro=$1 arch=$2 script=$3
+  shift 3
+  [[ -z "${CAFFE_DISTRO:-}" ]] || return 0
+  if [[ -n "${arch}" ]]; then
+    step "into the Debian ${cross_suite} chroot for ${arch} (${cross_root#"${repo_root}/"}; builds under build/${arch})"
+    ensure_chroot "${cross_root}" "${cross_suite}"
+    run_in_chroot "${cross_root}" "${arch}" CAFFE_DISTRO="${cross_suite}" CAFFE_ARCH="${arch}" "${script}" "$@"
+    exit
+  fi
+  [[ -n "${distro}" ]] || return 0
   [[ "${distro}" == sid ]] || die "unknown distro ${distro}: only sid is supported"
   step "into the Debian sid chroot (build/sid-root; builds under build/sid)"
-  run_in_sid "${script}" "$@"
+  ensure_chroot "${sid_root}" sid experimental
+  run_in_chroot "${sid_root}" sid CAFFE_DISTRO=sid "${script}" "$@"
   exit
 }
 

@@ -1,6 +1,7 @@
 # Shared steps of ci/'s scripts: paths, progress, options, flavours, venvs.
 # Source it; it runs nothing by itself. It sources the steps of each concern:
-#   ci/debian.sh  Debian packages and the sid chroot
+#   ci/debian.sh  Debian packages and the chroots (sid; trixie for aarch64)
+#   ci/cross.sh   the aarch64 cross build and the emulation its tests run under
 #   ci/source.sh  the recipe's source: download, verify, unpack, patch
 #   ci/cuda.sh    the CUDA toolkit from NVIDIA's wheels
 #   ci/conda.sh   conda, conda-build and the stand-in channel
@@ -34,12 +35,13 @@ die() {
 }
 
 # Options shared by ci/build and ci/test; each prints its own usage(). Sets
-# cuda_version ("None" or a CUDA version), conda, distro, and build_args (the
-# options again, for ci/build or the sid chroot).
+# cuda_version ("None" or a CUDA version), conda, distro, arch ("" for this
+# machine's), and build_args (the options again, for ci/build or a chroot).
 parse_options() {
   cuda_version=None
   conda=0
   distro=""
+  arch=""
   build_args=()
   while (( $# )); do
     case "$1" in
@@ -49,11 +51,20 @@ parse_options() {
         build_args+=(--cuda "${cuda_version}") ;;
       --conda) conda=1; build_args+=(--conda) ;;
       --distro) distro=${2:?--distro needs a name (sid)}; shift ;;
+      --arch)
+        arch=${2:?--arch needs an architecture (aarch64)}; shift
+        [[ "${arch}" == aarch64 || "${arch}" == "$(uname -m)" ]] \
+          || die "cannot build for ${arch}: --arch takes aarch64 (cross-compiled) or $(uname -m) (this machine)"
+        [[ "${arch}" != "$(uname -m)" ]] || arch=""
+        [[ -z "${arch}" ]] || build_args+=(--arch "${arch}") ;;
       -h|--help) usage; exit 0 ;;
       *) usage >&2; die "unknown option: $1" ;;
     esac
     shift
   done
+  if [[ -n "${arch}" ]] && { (( conda )) || [[ -n "${distro}" || "${cuda_version}" != None ]]; }; then
+    die "--arch ${arch} builds the CPU flavour with Debian trixie's packages: --cuda, --conda and --distro do not apply"
+  fi
 }
 
 # Variant of the build: CPU, or CUDA of a version. Sets flavour (cpu, cuda130,
@@ -92,17 +103,18 @@ ensure_tools_env() {
 # The versions a build stands on, one line each (Debian package versions for
 # the libraries, the tools' own for the rest).
 print_versions() {
-  local python=$1 pkg
-  printf '    %-10s %s\n' compiler "$(c++ --version | head -n 1)" \
+  local python=$1 arch=${2:-} pkg cxx=c++ suffix=""
+  [[ -z "${arch}" ]] || { cxx="${arch}-linux-gnu-g++" suffix=":${cross_debian_arch}"; }
+  printf '    %-10s %s\n' compiler "$("${cxx}" --version | head -n 1)" \
     Python "$("${python}" -c 'import sys; print(sys.version.split()[0])')" \
     NumPy "$("${python}" -c 'import numpy; print(numpy.__version__)')" \
     CMake "$(cmake --version | head -n 1 | awk '{print $3}')" \
     protoc "$(protoc --version | awk '{print $2}')" \
     Boost "$(sed -n 's/^#define BOOST_LIB_VERSION "\(.*\)"/\1/p' /usr/include/boost/version.hpp)"
   for pkg in libprotobuf-dev libabsl-dev libgoogle-glog-dev libgflags-dev \
-             libopencv-dev libhdf5-dev libopenblas-dev; do
+             libopencv-dev libhdf5-dev libopenblas-dev libdnnl-dev; do
     printf '    %-18s %s\n' "${pkg}" \
-      "$(dpkg-query -W -f='${Version}' "${pkg}" 2>/dev/null || echo 'not installed')"
+      "$(dpkg-query -W -f='${Version}' "${pkg}${suffix}" 2>/dev/null || echo 'not installed')"
   done
 }
 
@@ -110,6 +122,8 @@ print_versions() {
 source "${repo_root}/ci/debian.sh"
 # shellcheck source=ci/source.sh
 source "${repo_root}/ci/source.sh"
+# shellcheck source=ci/cross.sh
+source "${repo_root}/ci/cross.sh"
 # shellcheck source=ci/cuda.sh
 source "${repo_root}/ci/cuda.sh"
 # shellcheck source=ci/conda.sh

@@ -28,8 +28,10 @@ SELECTOR = re.compile(r"^(?P<line>.*?)\s*#\s*\[(?P<expr>.+)\]\s*(#.*)?$")
 
 # The variant the source section is read from; it does not depend on it.
 # libprotobuf: a host pin from conda-forge's pinning that the requirements
-# name; its value does not matter here.
-DEFAULT_VARIANT = {"cuda_compiler_version": "None", "python": "3.11", "libprotobuf": "0"}
+# name; its value does not matter here. The platforms: a native linux-64 build,
+# as conda-build defines them for rendering.
+DEFAULT_VARIANT = {"cuda_compiler_version": "None", "python": "3.11", "libprotobuf": "0",
+                   "target_platform": "linux-64", "build_platform": "linux-64"}
 
 
 def _selector_namespace(variant: dict[str, str]) -> dict[str, object]:

@@ -15,11 +15,30 @@ set -euo pipefail
 build_dir="${SRC_DIR}/build"
 
 # --- Python: Caffe's FindPythonLibs-era CMake must be told which interpreter,
-# headers and libpython to use, or it picks the system's.
-python_include=$("${PYTHON}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
-python_library=$("${PYTHON}" -c 'import os, sysconfig as s;
+# headers and libpython to use, or it picks the system's. Natively the
+# interpreter that runs the build is the target's and answers for itself. A
+# cross build (conda-forge's linux-aarch64 on linux-64) runs the build
+# machine's, so the target's headers, libpython and NumPy are named from
+# $PREFIX (patch 0054 keeps the NumPy named), and protoc is the build
+# machine's, from $BUILD_PREFIX.
+cross_args=()
+if [[ "${CONDA_BUILD_CROSS_COMPILATION:-0}" == 1 ]]; then
+  python_version="${PY_VER}"
+  python_include="${PREFIX}/include/python${PY_VER}"
+  python_library="${PREFIX}/lib/libpython${PY_VER}.so"
+  numpy_metadata=("${SP_DIR}"/numpy-*.dist-info/METADATA)
+  cross_args=(
+    -DNUMPY_INCLUDE_DIR="${SP_DIR}/numpy/_core/include"
+    -DNUMPY_VERSION="$(sed -n 's/^Version: //p' "${numpy_metadata[0]}")"
+    -DPROTOBUF_PROTOC_EXECUTABLE="${BUILD_PREFIX}/bin/protoc"
+  )
+  echo "build-caffe.sh: cross build for ${target_platform:-?} on ${build_platform:-?}: Python ${PY_VER} and NumPy from \$PREFIX, protoc from \$BUILD_PREFIX"
+else
+  python_include=$("${PYTHON}" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
+  python_library=$("${PYTHON}" -c 'import os, sysconfig as s;
 print(os.path.join(s.get_config_var("LIBDIR"), s.get_config_var("LDLIBRARY")))')
-python_version=$("${PYTHON}" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  python_version=$("${PYTHON}" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+fi
 
 cmake_args=(
   -G Ninja
@@ -43,6 +62,7 @@ cmake_args=(
   -DPYTHON_LIBRARY="${python_library}"
   -DBoost_PYTHON_VERSION="${python_version}"  # picks boost_python3XX among several
   -DPYTHON_INSTALL_DIR="${SP_DIR}"  # patch 0003: pycaffe into site-packages
+  "${cross_args[@]}"
 )
 
 # --- BLAS: conda-forge packages link the switchable CBLAS interface
@@ -79,7 +99,9 @@ else
   if [[ -n "${CUDA_HOME:-}" ]]; then
     cuda_root="${CUDA_HOME}" nvcc="${CUDA_HOME}/bin/nvcc" nccl_root="${CUDA_HOME}"
   else
-    cuda_root="${PREFIX}/targets/x86_64-linux" nvcc="${BUILD_PREFIX}/bin/nvcc" nccl_root="${PREFIX}"
+    cuda_target=x86_64-linux
+    [[ "${target_platform:-}" != linux-aarch64 ]] || cuda_target=sbsa-linux
+    cuda_root="${PREFIX}/targets/${cuda_target}" nvcc="${BUILD_PREFIX}/bin/nvcc" nccl_root="${PREFIX}"
   fi
   cmake_args+=(
     -DCPU_ONLY=OFF
@@ -111,12 +133,13 @@ if [[ -n "${arch_bin:-}" ]]; then
 fi
 
 # --- The example scripts as commands, as conda-forge's caffe 1.0 shipped
-# them (classify, detect, draw_net), run by the env's own Python...
+# them (classify, detect, draw_net), run by the env's own Python (the
+# target's: in a cross build $PYTHON is the build machine's)...
 for tool in classify detect draw_net; do
-  { echo "#!${PYTHON}"; tail -n +2 "${PREFIX}/share/caffe/python/${tool}.py"; } > "${PREFIX}/bin/${tool}"
+  { echo "#!${PREFIX}/bin/python"; tail -n +2 "${PREFIX}/share/caffe/python/${tool}.py"; } > "${PREFIX}/bin/${tool}"
   chmod 755 "${PREFIX}/bin/${tool}"
 done
 # ...and upstream's multi-process launcher (python/train.py), the way to train
 # nets with Python layers on several GPUs (the caffe tool refuses them).
-{ echo "#!${PYTHON}"; tail -n +2 "${PREFIX}/share/caffe/python/train.py"; } > "${PREFIX}/bin/caffe-train"
+{ echo "#!${PREFIX}/bin/python"; tail -n +2 "${PREFIX}/share/caffe/python/train.py"; } > "${PREFIX}/bin/caffe-train"
 chmod 755 "${PREFIX}/bin/caffe-train"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 import re
 import subprocess
 import sys
@@ -20,6 +21,48 @@ import caffe  # noqa: E402
 
 LAYERS_DIR = Path(__file__).parent / "layers"   # test-only Python layer modules
 CAFFE_TOOL = Path(sys.executable).parent / "caffe"
+
+
+def cpu_has_avx512() -> bool:
+    flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("flags")), "")
+    return "avx512f" in flags.split()
+
+
+def cpu_has_sve() -> bool:
+    """Whether this is an ARM CPU with SVE (AT_HWCAP's HWCAP_SVE bit, which
+    qemu's user mode also reports for the CPU it emulates)."""
+    if platform.machine() != "aarch64":
+        return False
+    words = Path("/proc/self/auxv").read_bytes()
+    pairs = [int.from_bytes(words[i:i + 8], "little") for i in range(0, len(words), 8)]
+    hwcap = dict(zip(pairs[0::2], pairs[1::2])).get(16, 0)  # AT_HWCAP
+    return bool(hwcap & (1 << 22))                          # HWCAP_SVE
+
+
+# Primitive kinds oneDNN has only its reference loops for on this CPU, where a
+# layer naming no engine runs Caffe's code (docs/cpu-engine.md): on ARM without
+# SVE, oneDNN 3.7 (Debian trixie's; built, as conda-forge's, without the Arm
+# Compute Library) has no JIT pooling, eltwise (ReLU) or LRN kernel, seen under
+# qemu's neoverse-n1. Empty on x86 at every level the tests use.
+REFERENCE_ONLY = (frozenset({"pooling", "eltwise", "lrn"})
+                  if platform.machine() == "aarch64" and not cpu_has_sve() else frozenset())
+
+
+def on_onednn_here(kinds) -> set[str]:
+    """Of kinds ("pooling", "eltwise/backward_data"), those a layer naming no
+    engine runs on oneDNN on this CPU."""
+    return {kind for kind in kinds if kind.split("/")[0] not in REFERENCE_ONLY}
+
+
+def linked_libraries(path: Path) -> str:
+    """ldd's listing of what the loader resolves for path, from the loader of
+    this interpreter: under emulation (a cross build's tests) the ldd on PATH
+    is the build machine's and cannot read the target's files."""
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    loader = next(line.split()[-1] for line in maps if "/ld-linux" in line)
+    return subprocess.run([loader, "--list", str(path)], capture_output=True, text=True,
+                          check=True, timeout=60).stdout
 
 
 @pytest.fixture(autouse=True)

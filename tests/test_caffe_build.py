@@ -10,7 +10,7 @@ import pytest
 
 import caffe
 import fatbin
-from conftest import LAYERS_DIR, run_caffe_tool
+from conftest import LAYERS_DIR, linked_libraries, run_caffe_tool
 
 PROBE_NET = """
 name: "probe"
@@ -105,6 +105,28 @@ def test_caffe_io_loads_images_with_current_scikit_image(tmp_path):
     assert 0.2 < float(gray[0, 0, 0]) < 0.3  # luminance of pure red
 
 
+# ELF e_machine numbers of the architectures the recipe builds for.
+ELF_MACHINES = {"x86_64": 62, "aarch64": 183}
+
+
+def elf_machine(path: Path) -> int:
+    header = path.read_bytes()[:20]
+    assert header[:4] == b"\x7fELF", f"{path} is not an ELF file"
+    return int.from_bytes(header[18:20], "little")
+
+
+def test_library_pycaffe_and_tools_are_built_for_this_machine():
+    # A cross build (ci/build --arch aarch64) must have compiled every binary
+    # for the target: the interpreter running these tests is the target's.
+    import platform
+    expected = ELF_MACHINES[platform.machine()]
+    prefix = Path(sys.prefix)
+    binaries = [prefix / "lib" / "libcaffe.so", Path(caffe.__file__).parent / "_caffe.so",
+                *(prefix / "bin" / tool for tool in ("caffe", "convert_imageset", "compute_image_mean",
+                                                     "extract_features", "upgrade_net_proto_text"))]
+    assert {str(b): elf_machine(b) for b in binaries} == {str(b): expected for b in binaries}
+
+
 def test_import_caffe_does_not_load_scipy_or_scikit_image():
     code = "import sys, caffe; print(sorted(m for m in ('scipy', 'skimage') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -120,14 +142,13 @@ def test_libcaffe_links_cuda_exactly_when_the_flavour_is_cuda():
     # Caffe's CMake falls back to a CPU-only build with a mere warning when it
     # cannot find CUDA: only the linked libraries tell which flavour was built.
     libcaffe = Path(sys.prefix) / "lib" / "libcaffe.so"
-    linked = subprocess.run(["ldd", str(libcaffe)], capture_output=True, text=True, timeout=60)
-    assert linked.returncode == 0, linked.stderr
+    linked = linked_libraries(libcaffe)
     cuda = os.environ["CAFFE_EXPECT_CUDA"] not in ("", "None")
     for library in ("libcudart.so", "libcublas.so", "libcurand.so", "libcudnn.so"):
-        assert (library in linked.stdout) == cuda, f"{library} in ldd of {libcaffe}:\n{linked.stdout}"
+        assert (library in linked) == cuda, f"{library} in ldd of {libcaffe}:\n{linked}"
     if cuda:  # the runtime of the CUDA major it was built with (its ABI changes with each)
         major = os.environ["CAFFE_EXPECT_CUDA"].split(".")[0]
-        assert f"libcudart.so.{major} " in linked.stdout, linked.stdout
+        assert f"libcudart.so.{major} " in linked, linked
 
 
 @pytest.mark.skipif(os.environ.get("CAFFE_EXPECT_CUDA", "None") in ("", "None"),

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import caffe
-from conftest import run_caffe_tool
+from conftest import REFERENCE_ONLY, on_onednn_here, run_caffe_tool
 from test_cpu_engine import executed
 
 # Two chains: conv1 (bias) -> bn1 -> sc1 (bias) -> relu1 (engine: ONEDNN, a
@@ -142,7 +142,8 @@ def test_deploy_chains_run_as_one_convolution_with_caffes_values(deploy, isa):
                for row in convolutions)
     assert any(",g16" in ",".join(row) or "g16" in row[-2] for row in convolutions)
     pooling = [row for row in rows if row[1] == "pooling"]
-    assert pooling and {row[3] for row in pooling} == {"forward_inference"}
+    assert bool(pooling) == ("pooling" not in REFERENCE_ONLY), pooling
+    assert {row[3] for row in pooling} <= {"forward_inference"}
     # (oneDNN 3.2 names the missing workspace ws_undef; later versions omit it)
     assert not [field for row in pooling for field in ",".join(row).replace(",", " ").split()
                 if field.startswith("ws_") and not field.startswith("ws_undef")]
@@ -228,7 +229,7 @@ def test_caffe_engine_onednn_runs_layers_that_name_caffe_on_onednn(write_file):
     assert not [row for row in executed(as_named.stdout) if row[1] in ("convolution", "pooling")]
     assert "names engine CAFFE" not in as_named.stderr
     onednn = child("-c", FORWARD, str(net), ONEDNN_VERBOSE="1", CAFFE_ENGINE="onednn")
-    assert {row[1] for row in executed(onednn.stdout)} >= {"convolution", "pooling"}
+    assert {row[1] for row in executed(onednn.stdout)} >= on_onednn_here({"convolution", "pooling"})
     for layer in ("dw", "pool"):
         assert f"Layer {layer} names engine CAFFE and runs oneDNN's (CAFFE_ENGINE=onednn)" \
             in onednn.stderr
