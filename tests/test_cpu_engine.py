@@ -121,7 +121,7 @@ def train(tmp_path: Path, engine: str | None, env_extra: dict[str, str] | None =
 
 
 def is_reference(implementation: str) -> bool:
-    return implementation.startswith(("ref", "simple"))
+    return implementation.startswith(("ref", "simple", "gemm:ref"))
 
 
 def is_gemm_fallback(implementation: str) -> bool:

@@ -57,7 +57,8 @@ void LogFallback(const std::string& layer, const std::string& why,
 
 bool IsReference(const dnnl::primitive_desc_base& pd) {
   const std::string impl = pd.impl_info_str();
-  return impl.compare(0, 3, "ref") == 0 || impl.compare(0, 6, "simple") == 0;
+  return impl.compare(0, 3, "ref") == 0 || impl.compare(0, 6, "simple") == 0 ||
+      impl.compare(0, 8, "gemm:ref") == 0;
 }
 
 std::string ReferenceReason(const dnnl::primitive_desc_base& pd) {
