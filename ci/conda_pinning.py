@@ -309,8 +309,8 @@ def main() -> int:
     p = sub.add_parser("render")  # one seed, in a child process of check
     p.add_argument("config", type=Path)
     p.add_argument("recipe", type=Path)
-    for command in sub.choices.values():
-        command.add_argument("--subdir", choices=SUBDIRS, default="linux-64")
+    for name in ("write", "variants", "requests", "check", "render"):
+        sub.choices[name].add_argument("--subdir", choices=SUBDIRS, default="linux-64")
     args = parser.parse_args()
     try:
         if args.command == "write":
