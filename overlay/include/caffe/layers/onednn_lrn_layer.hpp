@@ -43,11 +43,7 @@ class OneDNNLRNLayer : public LRNLayer<Dtype> {
   onednn::Fallback fallback_;
   vector<int> shape_;  // the bottom shape the primitives are made for
   bool training_;  // they are made for a backward too
-  dnnl::lrn_forward forward_;
-  dnnl::lrn_backward backward_;
-  // Caffe's blobs as the primitives take them (reordered where blocked).
-  onednn::Operand src_, dst_, bw_src_, diff_dst_, diff_src_;
-  dnnl::memory workspace_;
+  onednn::UnaryPrimitives primitives_;
 };
 #endif
 

@@ -43,12 +43,7 @@ class OneDNNPoolingLayer : public PoolingLayer<Dtype> {
   onednn::Fallback fallback_;
   vector<int> shape_;  // the bottom shape the primitives are made for
   bool training_;  // they are made for a backward too
-  dnnl::pooling_forward forward_;
-  dnnl::pooling_backward backward_;
-  dnnl::memory::desc src_md_, dst_md_;  // Caffe's (plain) layouts
-  // Caffe's blobs as the primitives take them (reordered where blocked).
-  onednn::Operand src_, dst_, diff_dst_, diff_src_;
-  dnnl::memory workspace_;  // where MAX pooling's maxima were
+  onednn::UnaryPrimitives primitives_;
 };
 #endif
 

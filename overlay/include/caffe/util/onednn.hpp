@@ -8,6 +8,7 @@
 #ifdef USE_ONEDNN
 
 #include <stdint.h>
+#include <functional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -64,6 +65,10 @@ class Fallback {
 // products on ARM), slower than Caffe's own code; and that as a fallback reason.
 bool IsReference(const dnnl::primitive_desc_base& pd);
 std::string ReferenceReason(const dnnl::primitive_desc_base& pd);
+// The same for a forward and its backward (empty where the net runs none):
+// "" where neither is reference code.
+std::string ReferenceReason(const dnnl::primitive_desc_base& forward,
+                            const dnnl::primitive_desc_base& backward);
 
 // A oneDNN error while a layer runs, as Caffe's error (caffe.CaffeError in
 // pycaffe, one line in the caffe tool) naming the layer and its type.
@@ -137,6 +142,37 @@ class Operand {
   dnnl::memory own_;  // the copy, where slot_ is kOwn
   uint64_t version_;  // of the blob data in own_ (0: none)
   dnnl::reorder to_copy_, from_copy_;
+};
+
+// The primitives of a layer of one bottom and one top (pooling, LRN): its
+// forward, its backward where its net runs one, in the layout they run
+// fastest in, and Caffe's buffers reordered to and from it.
+class UnaryPrimitives {
+ public:
+  UnaryPrimitives() : backward_reads_src_(false) {}
+  // make(layout, &forward, &backward) makes the primitive descriptors for
+  // operands in that layout (backward left empty where the net runs none),
+  // or throws dnnl::error where oneDNN has none for it. Choose takes the
+  // first of Caffe's plain layout and oneDNN's channel-blocked ones (16
+  // channels a block: AVX-512's kernels; 8: AVX2's and SSE4.1's) with more
+  // than reference code, and the plain one where none has; it throws the
+  // plain one's error. It returns why Caffe's code is faster ("" where
+  // nothing is reference code).
+  typedef std::function<void(dnnl::memory::format_tag,
+      dnnl::primitive_desc*, dnnl::primitive_desc*)> Make;
+  std::string Choose(const Make& make);
+  // Makes the chosen primitives, for Caffe's buffers in these (plain)
+  // layouts.
+  void Init(const dnnl::memory::desc& src, const dnnl::memory::desc& dst);
+  void Forward(const void* src, void* dst);
+  void Backward(const void* src, const void* diff_dst, void* diff_src);
+
+ private:
+  dnnl::primitive_desc forward_pd_, backward_pd_;
+  dnnl::primitive forward_, backward_;
+  Operand src_, dst_, bw_src_, diff_dst_, diff_src_;
+  bool backward_reads_src_;  // LRN's does, pooling's does not
+  dnnl::memory workspace_;   // what the forward leaves for the backward
 };
 
 }  // namespace onednn

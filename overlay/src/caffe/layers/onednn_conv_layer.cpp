@@ -175,7 +175,6 @@ int OneDNNConvolutionLayer<Dtype>::FuseFollowing(
 
 template <typename Dtype>
 void OneDNNConvolutionLayer<Dtype>::MakeFused() {
-  typedef dnnl::memory::format_tag tag;
   dnnl::primitive_attr attr = onednn::Attr();
   if (relu_ != NULL) {
     dnnl::post_ops relu;

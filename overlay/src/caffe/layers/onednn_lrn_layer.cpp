@@ -43,7 +43,6 @@ void OneDNNLRNLayer<Dtype>::Reshape(
 
 template <typename Dtype>
 void OneDNNLRNLayer<Dtype>::MakePrimitives() {
-  typedef dnnl::memory::format_tag tag;
   // Caffe's ACROSS_CHANNELS: x * (k + alpha / size * sum of squares)^-beta
   // over size channels; WITHIN_CHANNEL: the same over a size x size window
   // with k = 1 (Caffe's average of squares over a window that never leaves
@@ -58,61 +57,31 @@ void OneDNNLRNLayer<Dtype>::MakePrimitives() {
       {this->num_, this->channels_, this->height_, this->width_});
   const dnnl::prop_kind prop = training_ ? dnnl::prop_kind::forward_training
       : dnnl::prop_kind::forward_inference;
-  // oneDNN's jit kernels take channels in blocks (16 with AVX-512, 8 with
-  // AVX2) where the plain layout has only its reference loop: the first
-  // layout that has one, reordering what the layer reads and writes.
-  dnnl::lrn_forward::primitive_desc forward_pd;
-  dnnl::lrn_backward::primitive_desc backward_pd;
-  const tag layouts[] = {tag::abcd, tag::aBcd16b, tag::aBcd8b};
-  for (int i = 0; i < 3; ++i) {
+  const bool training = training_;
+  // oneDNN's jit kernels take channels in blocks where the plain layout has
+  // only its reference loop.
+  const std::string slower = primitives_.Choose(
+      [&](dnnl::memory::format_tag layout, dnnl::primitive_desc* forward,
+          dnnl::primitive_desc* backward) {
     const dnnl::memory::desc md(plain.get_dims(),
-        dnnl::memory::data_type::f32, layouts[i]);
-    try {
-      dnnl::lrn_forward::primitive_desc f(onednn::cpu_engine(), prop,
-          algorithm, md, md, this->size_, this->alpha_, this->beta_, k,
-          onednn::Attr());
-      dnnl::lrn_backward::primitive_desc b;
-      if (training_) {
-        b = dnnl::lrn_backward::primitive_desc(onednn::cpu_engine(),
-            algorithm, md, md, md, this->size_, this->alpha_, this->beta_, k,
-            f, onednn::Attr());
-      }
-      forward_pd = f;
-      backward_pd = b;
-    } catch (const dnnl::error&) {
-      if (i == 0) throw;  // no LRN for it at all
-      continue;           // none for this blocked layout
-    }
-    if (!onednn::IsReference(forward_pd) &&
-        !(training_ && onednn::IsReference(backward_pd))) {
-      break;
-    }
-  }
+        dnnl::memory::data_type::f32, layout);
+    dnnl::lrn_forward::primitive_desc forward_pd(onednn::cpu_engine(), prop,
+        algorithm, md, md, this->size_, this->alpha_, this->beta_, k,
+        onednn::Attr());
+    *forward = forward_pd;
+    if (!training) return;
+    *backward = dnnl::lrn_backward::primitive_desc(onednn::cpu_engine(),
+        algorithm, md, md, md, this->size_, this->alpha_, this->beta_, k,
+        forward_pd, onednn::Attr());
+  });
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
-  const bool by_default = this->layer_param_.lrn_param().engine() !=
-      LRNParameter_Engine_ONEDNN;
-  if (by_default && (onednn::IsReference(forward_pd) ||
-                     (training_ && onednn::IsReference(backward_pd)))) {
-    UseCaffe(onednn::ReferenceReason(onednn::IsReference(forward_pd)
-        ? static_cast<const dnnl::primitive_desc_base&>(forward_pd)
-        : backward_pd));
+  if (this->layer_param_.lrn_param().engine() != LRNParameter_Engine_ONEDNN &&
+      !slower.empty()) {
+    UseCaffe(slower);
     return;
   }
-  forward_ = dnnl::lrn_forward(forward_pd);
-  src_.Init(plain, forward_pd.src_desc(), 0);
-  dst_.Init(plain, forward_pd.dst_desc(), 1);
-  workspace_ = dnnl::memory();
-  if (training_) {
-    backward_ = dnnl::lrn_backward(backward_pd);
-    bw_src_.Init(plain, backward_pd.src_desc(), 0);
-    diff_dst_.Init(plain, backward_pd.diff_dst_desc(), 1);
-    diff_src_.Init(plain, backward_pd.diff_src_desc(), 2);
-    if (forward_pd.workspace_desc().get_size() > 0) {
-      workspace_ = dnnl::memory(forward_pd.workspace_desc(),
-                                onednn::cpu_engine());
-    }
-  }
+  primitives_.Init(plain, plain);
 }
 
 template <typename Dtype>
@@ -124,14 +93,7 @@ void OneDNNLRNLayer<Dtype>::Forward_cpu(
     return;
   }
   try {
-    Dtype* top_data = top[0]->mutable_cpu_data();
-    std::unordered_map<int, dnnl::memory> args;
-    args[DNNL_ARG_SRC] = src_.In(bottom[0]->cpu_data());
-    args[DNNL_ARG_DST] = dst_.Target(top_data);
-    if (workspace_) args[DNNL_ARG_WORKSPACE] = workspace_;
-    onednn::Execute(forward_, args);
-    dst_.Out(top_data);
-    onednn::cpu_stream().wait();
+    primitives_.Forward(bottom[0]->cpu_data(), top[0]->mutable_cpu_data());
   } catch (const dnnl::error& e) {
     onednn::Fail(this->layer_param_, e);
   }
@@ -152,15 +114,8 @@ void OneDNNLRNLayer<Dtype>::Backward_cpu(
   }
   if (!propagate_down[0]) return;
   try {
-    Dtype* bottom_diff = bottom[0]->mutable_cpu_diff();
-    std::unordered_map<int, dnnl::memory> args;
-    args[DNNL_ARG_SRC] = bw_src_.In(bottom[0]->cpu_data());
-    args[DNNL_ARG_DIFF_DST] = diff_dst_.In(top[0]->cpu_diff());
-    args[DNNL_ARG_DIFF_SRC] = diff_src_.Target(bottom_diff);
-    if (workspace_) args[DNNL_ARG_WORKSPACE] = workspace_;
-    onednn::Execute(backward_, args);
-    diff_src_.Out(bottom_diff);
-    onednn::cpu_stream().wait();
+    primitives_.Backward(bottom[0]->cpu_data(), top[0]->cpu_diff(),
+                         bottom[0]->mutable_cpu_diff());
   } catch (const dnnl::error& e) {
     onednn::Fail(this->layer_param_, e);
   }

@@ -72,10 +72,10 @@ void OneDNNPoolingLayer<Dtype>::MakePrimitives() {
       return;
     }
   }
-  src_md_ = onednn::Plain({shape_[0], this->channels_, this->height_,
-                           this->width_});
-  dst_md_ = onednn::Plain({shape_[0], this->channels_, this->pooled_height_,
-                           this->pooled_width_});
+  const dnnl::memory::desc src_md = onednn::Plain({shape_[0],
+      this->channels_, this->height_, this->width_});
+  const dnnl::memory::desc dst_md = onednn::Plain({shape_[0],
+      this->channels_, this->pooled_height_, this->pooled_width_});
   const dnnl::memory::dims strides = {this->stride_h_, this->stride_w_};
   const dnnl::memory::dims kernel = {this->kernel_h_, this->kernel_w_};
   const dnnl::memory::dims dilation = {0, 0};
@@ -83,56 +83,34 @@ void OneDNNPoolingLayer<Dtype>::MakePrimitives() {
   const dnnl::memory::dims pad_r = {pad_r_h, pad_r_w};
   const dnnl::prop_kind prop = training_ ? dnnl::prop_kind::forward_training
       : dnnl::prop_kind::forward_inference;
-  dnnl::pooling_forward::primitive_desc forward_pd(onednn::cpu_engine(),
-      prop, algorithm, src_md_, dst_md_,
-      strides, kernel, dilation, pad_l, pad_r, onednn::Attr());
-  // (or names CAFFE, which CAFFE_ENGINE=onednn runs here)
-  const bool by_default = this->layer_param_.pooling_param().engine() !=
-      PoolingParameter_Engine_ONEDNN;
-  dnnl::memory::desc src_md = src_md_;
-  if (onednn::IsReference(forward_pd)) {
-    // Below AVX-512, oneDNN pools a plain layout with its reference loop
-    // only; its jit kernels take channels in blocks of 8: pool there,
-    // reordering what the layer reads and writes.
-    const dnnl::memory::desc blocked(src_md_.get_dims(),
-        dnnl::memory::data_type::f32, dnnl::memory::format_tag::aBcd8b);
-    const dnnl::memory::desc dst_any(dst_md_.get_dims(),
-        dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
-    try {
-      forward_pd = dnnl::pooling_forward::primitive_desc(
-          onednn::cpu_engine(), prop, algorithm, blocked, dst_any, strides,
-          kernel, dilation, pad_l, pad_r, onednn::Attr());
-      src_md = blocked;
-    } catch (const dnnl::error&) {
-      // none for the blocked layout either: the plain one stays
-    }
-  }
-  // A layer that names no engine runs the faster code, and oneDNN's
-  // reference loops are slower than Caffe's.
-  if (by_default && onednn::IsReference(forward_pd)) {
-    UseCaffe(onednn::ReferenceReason(forward_pd));
+  const bool training = training_;
+  // Below AVX-512, oneDNN pools a plain layout with its reference loop only;
+  // its jit kernels take channels in blocks.
+  const std::string slower = primitives_.Choose(
+      [&](dnnl::memory::format_tag layout, dnnl::primitive_desc* forward,
+          dnnl::primitive_desc* backward) {
+    const dnnl::memory::desc src(src_md.get_dims(),
+        dnnl::memory::data_type::f32, layout);
+    const dnnl::memory::desc dst(dst_md.get_dims(),
+        dnnl::memory::data_type::f32, layout);
+    dnnl::pooling_forward::primitive_desc forward_pd(onednn::cpu_engine(),
+        prop, algorithm, src, dst, strides, kernel, dilation, pad_l, pad_r,
+        onednn::Attr());
+    *forward = forward_pd;
+    if (!training) return;
+    *backward = dnnl::pooling_backward::primitive_desc(onednn::cpu_engine(),
+        algorithm, src, dst, strides, kernel, dilation, pad_l, pad_r,
+        forward_pd, onednn::Attr());
+  });
+  // A layer that names no engine (or names CAFFE, which CAFFE_ENGINE=onednn
+  // runs here) runs the faster code, and oneDNN's reference loops are slower
+  // than Caffe's.
+  if (this->layer_param_.pooling_param().engine() !=
+      PoolingParameter_Engine_ONEDNN && !slower.empty()) {
+    UseCaffe(slower);
     return;
   }
-  workspace_ = dnnl::memory();
-  if (training_) {
-    dnnl::pooling_backward::primitive_desc backward_pd(onednn::cpu_engine(),
-        algorithm, src_md, forward_pd.dst_desc(), strides, kernel, dilation,
-        pad_l, pad_r, forward_pd, onednn::Attr());
-    if (by_default && onednn::IsReference(backward_pd)) {
-      UseCaffe(onednn::ReferenceReason(backward_pd));
-      return;
-    }
-    diff_dst_.Init(dst_md_, backward_pd.diff_dst_desc(), 0);
-    diff_src_.Init(src_md_, backward_pd.diff_src_desc(), 1);
-    if (forward_pd.workspace_desc().get_size() > 0) {
-      workspace_ = dnnl::memory(forward_pd.workspace_desc(),
-                                onednn::cpu_engine());
-    }
-    backward_ = dnnl::pooling_backward(backward_pd);
-  }
-  forward_ = dnnl::pooling_forward(forward_pd);
-  src_.Init(src_md_, forward_pd.src_desc(), 0);
-  dst_.Init(dst_md_, forward_pd.dst_desc(), 1);
+  primitives_.Init(src_md, dst_md);
 }
 
 template <typename Dtype>
@@ -144,14 +122,7 @@ void OneDNNPoolingLayer<Dtype>::Forward_cpu(
     return;
   }
   try {
-    Dtype* top_data = top[0]->mutable_cpu_data();
-    std::unordered_map<int, dnnl::memory> args;
-    args[DNNL_ARG_SRC] = src_.In(bottom[0]->cpu_data());
-    args[DNNL_ARG_DST] = dst_.Target(top_data);
-    if (workspace_) args[DNNL_ARG_WORKSPACE] = workspace_;
-    onednn::Execute(forward_, args);
-    dst_.Out(top_data);
-    onednn::cpu_stream().wait();
+    primitives_.Forward(bottom[0]->cpu_data(), top[0]->mutable_cpu_data());
   } catch (const dnnl::error& e) {
     onednn::Fail(this->layer_param_, e);
   }
@@ -170,16 +141,10 @@ void OneDNNPoolingLayer<Dtype>::Backward_cpu(
     PoolingLayer<Dtype>::Backward_cpu(top, propagate_down, bottom);
     return;
   }
+  if (!propagate_down[0]) return;
   try {
-    if (!propagate_down[0]) return;
-    Dtype* bottom_diff = bottom[0]->mutable_cpu_diff();
-    std::unordered_map<int, dnnl::memory> args;
-    args[DNNL_ARG_DIFF_DST] = diff_dst_.In(top[0]->cpu_diff());
-    args[DNNL_ARG_DIFF_SRC] = diff_src_.Target(bottom_diff);
-    if (workspace_) args[DNNL_ARG_WORKSPACE] = workspace_;
-    onednn::Execute(backward_, args);
-    diff_src_.Out(bottom_diff);
-    onednn::cpu_stream().wait();
+    primitives_.Backward(bottom[0]->cpu_data(), top[0]->cpu_diff(),
+                         bottom[0]->mutable_cpu_diff());
   } catch (const dnnl::error& e) {
     onednn::Fail(this->layer_param_, e);
   }

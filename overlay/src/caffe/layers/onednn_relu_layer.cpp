@@ -52,11 +52,9 @@ void OneDNNReLULayer<Dtype>::MakePrimitives() {
   // reference loops are slower than Caffe's.
   const bool by_default = this->layer_param_.relu_param().engine() !=
       ReLUParameter_Engine_ONEDNN;
-  if (by_default && (onednn::IsReference(forward_pd) ||
-                     onednn::IsReference(backward_pd))) {
-    UseCaffe(onednn::ReferenceReason(onednn::IsReference(forward_pd)
-        ? static_cast<const dnnl::primitive_desc_base&>(forward_pd)
-        : backward_pd));
+  const std::string slower = onednn::ReferenceReason(forward_pd, backward_pd);
+  if (by_default && !slower.empty()) {
+    UseCaffe(slower);
     return;
   }
   forward_ = dnnl::eltwise_forward(forward_pd);

@@ -66,6 +66,13 @@ std::string ReferenceReason(const dnnl::primitive_desc_base& pd) {
       std::string(pd.impl_info_str()) + ") for it on this CPU";
 }
 
+std::string ReferenceReason(const dnnl::primitive_desc_base& forward,
+                            const dnnl::primitive_desc_base& backward) {
+  if (IsReference(forward)) return ReferenceReason(forward);
+  if (backward && IsReference(backward)) return ReferenceReason(backward);
+  return "";
+}
+
 void Fail(const LayerParameter& layer, const dnnl::error& e) {
   LOG(FATAL) << "Layer '" << layer.name() << "' (" << layer.type()
              << ", oneDNN engine): " << e.what();
@@ -184,6 +191,69 @@ void Operand::Out(void* data) {
   dnnl::memory user(plain_, cpu_engine(), data);
   dnnl::memory copy = Copy();
   Execute(from_copy_, {{DNNL_ARG_FROM, copy}, {DNNL_ARG_TO, user}});
+}
+
+std::string UnaryPrimitives::Choose(const Make& make) {
+  typedef dnnl::memory::format_tag tag;
+  const tag layouts[] = {tag::abcd, tag::aBcd16b, tag::aBcd8b};
+  for (int i = 0; i < 3; ++i) {
+    dnnl::primitive_desc forward, backward;
+    try {
+      make(layouts[i], &forward, &backward);
+    } catch (const dnnl::error&) {
+      if (i == 0) throw;  // none for the plain layout: none at all
+      continue;           // none for this blocked layout
+    }
+    if (i == 0 || ReferenceReason(forward, backward).empty()) {
+      forward_pd_ = forward;
+      backward_pd_ = backward;
+    }
+    if (ReferenceReason(forward, backward).empty()) break;
+  }
+  return ReferenceReason(forward_pd_, backward_pd_);
+}
+
+void UnaryPrimitives::Init(const dnnl::memory::desc& src,
+                           const dnnl::memory::desc& dst) {
+  forward_ = dnnl::primitive(forward_pd_);
+  src_.Init(src, forward_pd_.src_desc(0), 0);
+  dst_.Init(dst, forward_pd_.dst_desc(0), 1);
+  workspace_ = dnnl::memory();
+  backward_ = dnnl::primitive();
+  if (!backward_pd_) return;
+  backward_ = dnnl::primitive(backward_pd_);
+  const dnnl::memory::desc bw_src = backward_pd_.src_desc(0);
+  backward_reads_src_ = bw_src.get_ndims() > 0;
+  if (backward_reads_src_) bw_src_.Init(src, bw_src, 0);
+  diff_dst_.Init(dst, backward_pd_.diff_dst_desc(0), 1);
+  diff_src_.Init(src, backward_pd_.diff_src_desc(0), 2);
+  const dnnl::memory::desc workspace = forward_pd_.workspace_desc();
+  if (workspace.get_size() > 0) {
+    workspace_ = dnnl::memory(workspace, cpu_engine());
+  }
+}
+
+void UnaryPrimitives::Forward(const void* src, void* dst) {
+  std::unordered_map<int, dnnl::memory> args;
+  args[DNNL_ARG_SRC] = src_.In(src);
+  args[DNNL_ARG_DST] = dst_.Target(dst);
+  if (workspace_) args[DNNL_ARG_WORKSPACE] = workspace_;
+  Execute(forward_, args);
+  dst_.Out(dst);
+  cpu_stream().wait();
+}
+
+void UnaryPrimitives::Backward(const void* src, const void* diff_dst,
+                               void* diff_src) {
+  CHECK(backward_) << "no backward primitive was made";
+  std::unordered_map<int, dnnl::memory> args;
+  if (backward_reads_src_) args[DNNL_ARG_SRC] = bw_src_.In(src);
+  args[DNNL_ARG_DIFF_DST] = diff_dst_.In(diff_dst);
+  args[DNNL_ARG_DIFF_SRC] = diff_src_.Target(diff_src);
+  if (workspace_) args[DNNL_ARG_WORKSPACE] = workspace_;
+  Execute(backward_, args);
+  diff_src_.Out(diff_src);
+  cpu_stream().wait();
 }
 
 }  // namespace onednn
