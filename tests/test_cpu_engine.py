@@ -158,6 +158,82 @@ def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path, isa)
         np.testing.assert_allclose(losses, own, rtol=0.05, atol=1e-4)
 
 
+# 1x1 convolutions (one with stride 2) between two 3x3 ones, as in ResNet's
+# bottlenecks; force_backward, so data and parameter gradients are computed.
+ONE_BY_ONE = """
+force_backward: true
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 4 dim: 16 dim: 14 dim: 14 } } }
+layer { name: "a" type: "Convolution" bottom: "data" top: "a"
+        convolution_param { num_output: 24 kernel_size: 3 pad: 1 weight_filler { type: "xavier" } } }
+layer { name: "b" type: "Convolution" bottom: "a" top: "b"
+        convolution_param { num_output: 32 kernel_size: 1 weight_filler { type: "xavier" }
+          bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "c" type: "Convolution" bottom: "b" top: "c"
+        convolution_param { num_output: 16 kernel_size: 1 stride: 2 bias_term: false
+          weight_filler { type: "xavier" } } }
+layer { name: "d" type: "Convolution" bottom: "c" top: "d"
+        convolution_param { num_output: 8 kernel_size: 3 weight_filler { type: "xavier" } } }
+"""
+# Forward and backward of argv[1] on the engine CAFFE_ENGINE names; prints every
+# blob's data and diff and every parameter gradient as JSON.
+ONE_BY_ONE_PROBE = """
+import json, sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+net = caffe.Net(sys.argv[1], caffe.TRAIN)
+rng = np.random.default_rng(5)
+for _, blobs in sorted(net.params.items()):
+    for blob in blobs:
+        blob.data[...] = rng.standard_normal(blob.data.shape) * 0.2
+net.blobs["data"].data[...] = rng.standard_normal(net.blobs["data"].data.shape)
+net.forward()
+net.blobs["d"].diff[...] = rng.standard_normal(net.blobs["d"].diff.shape)
+net.backward()
+print(json.dumps({"blobs": {k: [b.data.tolist(), b.diff.tolist()] for k, b in net.blobs.items()},
+                  "params": {k: [b.diff.tolist() for b in v] for k, v in net.params.items()}}))
+"""
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
+def test_1x1_convolutions_run_on_caffes_layout_with_caffes_values(write_file, isa):
+    """A 1x1 convolution is one GEMM an image on Caffe's layout: oneDNN runs
+    it there, forward and backward, without copying activations or weights
+    into its own layouts (docs/cpu-engine.md); the 3x3 ones pick theirs."""
+    net = write_file("net.prototxt", ONE_BY_ONE)
+    env = dict(os.environ, ONEDNN_VERBOSE="1", **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
+    results = {}
+    for engine in ("default", "caffe"):
+        result = subprocess.run([sys.executable, "-c", ONE_BY_ONE_PROBE, str(net)],
+                                env=dict(env, CAFFE_ENGINE=engine), capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+        results[engine] = (json.loads(result.stdout.strip().splitlines()[-1]),
+                           executed(result.stdout))
+    (default, rows), (own, _) = results["default"], results["caffe"]
+    for group in ("blobs", "params"):
+        for name, arrays in own[group].items():
+            for i, values in enumerate(arrays):
+                np.testing.assert_allclose(default[group][name][i], values, rtol=1e-4,
+                                           atol=1e-4, err_msg=f"{group} {name} {i}")
+    if "convolution" in REFERENCE_ONLY:  # Caffe's code ran the convolutions
+        return
+    convolutions = [row for row in rows if row[1] == "convolution"]
+    # Per pass (forward, backward data, backward weights): two 1x1 convolutions
+    # on Caffe's layout for every operand, two 3x3 ones in oneDNN's layouts.
+    plain = [row for row in convolutions
+             if all(":abcd:" in token for token in row[4].split()
+                    if token.startswith(("src", "dst", "wei")))]
+    assert len(convolutions) == 12 and len(plain) == 6, [row[2:5] for row in convolutions]
+    assert {row[3] for row in plain} == {"forward_training", "backward_data",
+                                         "backward_weights"}
+    assert not any(is_reference(row[2]) for row in convolutions)
+    # b's output, between the two 1x1 convolutions, is never copied, forward or
+    # backward; a's (a 3x3 convolution's) is.
+    copied = {row[-2] for row in rows if row[1] == "reorder"}
+    assert "4x24x14x14" in copied and "4x32x14x14" not in copied, copied
+
+
 def test_caffe_engine_variable_runs_caffes_own_code(tmp_path):
     _, ran = train(tmp_path, None, {"CAFFE_ENGINE": "caffe"})
     assert not ran.keys() & ENGINE_PRIMITIVES

@@ -22,7 +22,7 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
  public:
   explicit OneDNNConvolutionLayer(const LayerParameter& param)
       : ConvolutionLayer<Dtype>(param), use_caffe_(false), training_(true),
-        batch_norm_(NULL), scale_(NULL), relu_(NULL) {}
+        plain_(false), batch_norm_(NULL), scale_(NULL), relu_(NULL) {}
   virtual void LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top);
   virtual void Reshape(const vector<Blob<Dtype>*>& bottom,
@@ -48,6 +48,11 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
   void MakeBackward();
   dnnl::convolution_backward_data::primitive_desc DataPD() const;
   dnnl::convolution_backward_weights::primitive_desc WeightsPD() const;
+  // The layout of the activations' descriptors for a primitive: Caffe's own
+  // where plain_, else any (the primitive picks).
+  dnnl::memory::desc Activations(const dnnl::memory::desc& md) const;
+  dnnl::convolution_forward::primitive_desc ForwardPD(dnnl::prop_kind prop,
+      const dnnl::memory::desc& bias, const dnnl::primitive_attr& attr) const;
   // Why a layer that names no engine runs Caffe's code instead, or "".
   std::string SlowerThanCaffe() const;
   void MakeFused();
@@ -59,6 +64,7 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
   onednn::Fallback fallback_;
   vector<int> shape_;  // the bottom shape the primitives are made for
   bool training_;  // they are made for a backward too
+  bool plain_;  // the primitives take the activations in Caffe's layout
   // Fusion: the layers this one's forward computes where the net says so.
   Layer<Dtype>* batch_norm_;
   Layer<Dtype>* scale_;

@@ -60,7 +60,6 @@ void OneDNNConvolutionLayer<Dtype>::Reshape(
 
 template <typename Dtype>
 void OneDNNConvolutionLayer<Dtype>::MakeForward() {
-  typedef dnnl::memory::format_tag tag;
   const int* kernel = this->kernel_shape_.cpu_data();
   const int* stride = this->stride_.cpu_data();
   const int* pad = this->pad_.cpu_data();
@@ -80,18 +79,29 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
       : onednn::Plain({group, out / group, channels / group,
                        kernel[0], kernel[1]});
   bias_md_ = this->bias_term_ ? onednn::Plain({out}) : dnnl::memory::desc();
-  // The primitive picks its own layouts (format any); Operand reorders.
-  dnnl::memory::desc src_any(src_md_.get_dims(), src_md_.get_data_type(),
-      tag::any);
-  dnnl::memory::desc weights_any(weights_md_.get_dims(),
-      weights_md_.get_data_type(), tag::any);
-  dnnl::memory::desc dst_any(dst_md_.get_dims(), dst_md_.get_data_type(),
-      tag::any);
-  forward_pd_ = dnnl::convolution_forward::primitive_desc(
-      onednn::cpu_engine(), training_ ? dnnl::prop_kind::forward_training
-      : dnnl::prop_kind::forward_inference,
-      dnnl::algorithm::convolution_direct, src_any, weights_any, bias_md_,
-      dst_any, strides_, dilates_, pad_l_, pad_r_, onednn::Attr());
+  // A 1x1 convolution over Caffe's layout is one GEMM an image (the weights
+  // times the image's channels x pixels, no im2col): oneDNN's GEMM
+  // convolution runs it on Caffe's buffers. Its blocked and channels-last
+  // kernels need the activations copied into their layouts and back, and
+  // those copies (transposes, bound by memory) cost as much as the
+  // convolution: ResNet-50's 1x1 convolutions took 196 ms at batch 8 with
+  // them and 111 ms on Caffe's layout (bench/bench_zoo.py's CPU, AVX-512).
+  // Elsewhere, and where Caffe's layout has only reference code (ARM), the
+  // primitive picks its layouts (format any) and Operand reorders.
+  const dnnl::prop_kind prop = training_
+      ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
+  plain_ = kernel[0] == 1 && kernel[1] == 1;
+  if (plain_) {
+    try {
+      forward_pd_ = ForwardPD(prop, bias_md_, onednn::Attr());
+      plain_ = !onednn::IsReference(forward_pd_) && (!training_ ||
+          (!onednn::IsReference(DataPD()) &&
+           !onednn::IsReference(WeightsPD())));
+    } catch (const dnnl::error&) {
+      plain_ = false;  // none for Caffe's layout
+    }
+  }
+  if (!plain_) forward_pd_ = ForwardPD(prop, bias_md_, onednn::Attr());
   // A layer that names no engine runs the faster code, decided here for
   // forward and backward alike, so that every pass runs the same code.
   const std::string slower = !DefaultEngine() ? ""
@@ -183,10 +193,8 @@ void OneDNNConvolutionLayer<Dtype>::MakeFused() {
     attr.set_post_ops(relu);
   }
   const dnnl::memory::desc bias_md = onednn::Plain({this->num_output_});
-  dnnl::convolution_forward::primitive_desc pd(onednn::cpu_engine(),
-      dnnl::prop_kind::forward_inference, dnnl::algorithm::convolution_direct,
-      onednn::Any(src_md_), onednn::Any(weights_md_), bias_md,
-      onednn::Any(dst_md_), strides_, dilates_, pad_l_, pad_r_, attr);
+  const dnnl::convolution_forward::primitive_desc pd =
+      ForwardPD(dnnl::prop_kind::forward_inference, bias_md, attr);
   fused_forward_ = dnnl::convolution_forward(pd);
   fused_src_.Init(src_md_, pd.src_desc(), 0);
   if (!(pd.weights_desc() == fused_weights_md_)) {
@@ -264,7 +272,7 @@ dnnl::convolution_backward_data::primitive_desc
 OneDNNConvolutionLayer<Dtype>::DataPD() const {
   return dnnl::convolution_backward_data::primitive_desc(
       onednn::cpu_engine(), dnnl::algorithm::convolution_direct,
-      onednn::Any(src_md_), onednn::Any(weights_md_), onednn::Any(dst_md_),
+      Activations(src_md_), onednn::Any(weights_md_), Activations(dst_md_),
       strides_, dilates_, pad_l_, pad_r_, forward_pd_, onednn::Attr());
 }
 
@@ -273,9 +281,25 @@ dnnl::convolution_backward_weights::primitive_desc
 OneDNNConvolutionLayer<Dtype>::WeightsPD() const {
   return dnnl::convolution_backward_weights::primitive_desc(
       onednn::cpu_engine(), dnnl::algorithm::convolution_direct,
-      onednn::Any(src_md_), onednn::Any(weights_md_), bias_md_,
-      onednn::Any(dst_md_), strides_, dilates_, pad_l_, pad_r_, forward_pd_,
+      Activations(src_md_), onednn::Any(weights_md_), bias_md_,
+      Activations(dst_md_), strides_, dilates_, pad_l_, pad_r_, forward_pd_,
       onednn::Attr());
+}
+
+template <typename Dtype>
+dnnl::memory::desc OneDNNConvolutionLayer<Dtype>::Activations(
+    const dnnl::memory::desc& md) const {
+  return plain_ ? md : onednn::Any(md);
+}
+
+template <typename Dtype>
+dnnl::convolution_forward::primitive_desc
+OneDNNConvolutionLayer<Dtype>::ForwardPD(dnnl::prop_kind prop,
+    const dnnl::memory::desc& bias, const dnnl::primitive_attr& attr) const {
+  return dnnl::convolution_forward::primitive_desc(onednn::cpu_engine(),
+      prop, dnnl::algorithm::convolution_direct, Activations(src_md_),
+      onednn::Any(weights_md_), bias, Activations(dst_md_), strides_,
+      dilates_, pad_l_, pad_r_, attr);
 }
 
 template <typename Dtype>
