@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import caffe
-from conftest import REFERENCE_ONLY, on_onednn_here, run_caffe_tool
+from conftest import REFERENCE_ONLY, cpu_has_avx512, on_onednn_here, run_caffe_tool
 from test_cpu_engine import executed
 
 # Two chains: conv1 (bias) -> bn1 -> sc1 (bias) -> relu1 (engine: ONEDNN, a
@@ -142,7 +142,12 @@ def test_deploy_chains_run_as_one_convolution_with_caffes_values(deploy, isa):
     assert not any(row[2].startswith(("ref", "simple")) for row in convolutions)
     assert any("post-ops" in ",".join(row) and "eltwise_relu" in ",".join(row)
                for row in convolutions)
-    assert any(",g16" in ",".join(row) or "g16" in row[-2] for row in convolutions)
+    # The depthwise conv2 runs oneDNN's depthwise kernel on channels in blocks
+    # of 16 (AVX-512) or 8, not in the channels-last layout oneDNN would pick.
+    depthwise = [row for row in convolutions if ",g16" in ",".join(row) or "g16" in row[-2]]
+    block = "aBcd16b" if isa is None and cpu_has_avx512() else "aBcd8b"
+    assert depthwise and all(row[2].startswith("jit_dw") and f":{block}:" in row[4]
+                             for row in depthwise), [row[2:5] for row in depthwise]
     pooling = [row for row in rows if row[1] == "pooling"]
     assert bool(pooling) == ("pooling" not in REFERENCE_ONLY), pooling
     assert {row[3] for row in pooling} <= {"forward_inference"}

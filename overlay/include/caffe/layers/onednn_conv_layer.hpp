@@ -22,7 +22,7 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
  public:
   explicit OneDNNConvolutionLayer(const LayerParameter& param)
       : ConvolutionLayer<Dtype>(param), use_caffe_(false), training_(true),
-        plain_(false), batch_norm_(NULL), scale_(NULL), relu_(NULL) {}
+        activations_(dnnl::memory::format_tag::any), batch_norm_(NULL), scale_(NULL), relu_(NULL) {}
   virtual void LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top);
   virtual void Reshape(const vector<Blob<Dtype>*>& bottom,
@@ -48,8 +48,7 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
   void MakeBackward();
   dnnl::convolution_backward_data::primitive_desc DataPD() const;
   dnnl::convolution_backward_weights::primitive_desc WeightsPD() const;
-  // The layout of the activations' descriptors for a primitive: Caffe's own
-  // where plain_, else any (the primitive picks).
+  // md in the layout of the activations the primitives take.
   dnnl::memory::desc Activations(const dnnl::memory::desc& md) const;
   dnnl::convolution_forward::primitive_desc ForwardPD(dnnl::prop_kind prop,
       const dnnl::memory::desc& bias, const dnnl::primitive_attr& attr) const;
@@ -64,7 +63,8 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
   onednn::Fallback fallback_;
   vector<int> shape_;  // the bottom shape the primitives are made for
   bool training_;  // they are made for a backward too
-  bool plain_;  // the primitives take the activations in Caffe's layout
+  // The activations' layout of the primitives (any: they pick).
+  dnnl::memory::format_tag activations_;
   // Fusion: the layers this one's forward computes where the net says so.
   Layer<Dtype>* batch_norm_;
   Layer<Dtype>* scale_;

@@ -79,29 +79,46 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
       : onednn::Plain({group, out / group, channels / group,
                        kernel[0], kernel[1]});
   bias_md_ = this->bias_term_ ? onednn::Plain({out}) : dnnl::memory::desc();
-  // A 1x1 convolution over Caffe's layout is one GEMM an image (the weights
-  // times the image's channels x pixels, no im2col): oneDNN's GEMM
-  // convolution runs it on Caffe's buffers. Its blocked and channels-last
-  // kernels need the activations copied into their layouts and back, and
-  // those copies (transposes, bound by memory) cost as much as the
-  // convolution: ResNet-50's 1x1 convolutions took 196 ms at batch 8 with
-  // them and 111 ms on Caffe's layout (bench/bench_zoo.py's CPU, AVX-512).
-  // Elsewhere, and where Caffe's layout has only reference code (ARM), the
-  // primitive picks its layouts (format any) and Operand reorders.
+  // The activations' layout: where the primitive picks (format any), it
+  // picks one of its own, and Operand copies the activations into it and
+  // back. Those copies (transposes, bound by memory) cost as much as a 1x1
+  // convolution, which over Caffe's layout is one GEMM an image (the weights
+  // times the image's channels x pixels, no im2col): it runs on Caffe's
+  // buffers. ResNet-50's 1x1 convolutions took 196 ms at batch 8 with the
+  // copies, 111 ms without (bench/bench_zoo.py's CPU, AVX-512). A depthwise
+  // convolution runs oneDNN's depthwise kernel on channels in blocks of 16
+  // (AVX-512) or 8, where oneDNN would pick channels last: MobileNet's
+  // forward took 12-15% less time (AVX-512 and AVX2). Each only where its
+  // primitives are no reference code (ARM), else format any.
+  typedef dnnl::memory::format_tag tag;
+  vector<tag> layouts;
+  if (kernel[0] == 1 && kernel[1] == 1) {
+    layouts.push_back(tag::abcd);
+  } else if (group > 1 && group == channels && out == channels) {
+    layouts.push_back(tag::aBcd16b);
+    layouts.push_back(tag::aBcd8b);
+  }
   const dnnl::prop_kind prop = training_
       ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;
-  plain_ = kernel[0] == 1 && kernel[1] == 1;
-  if (plain_) {
+  bool chosen = false;
+  for (int i = 0; i < layouts.size() && !chosen; ++i) {
+    activations_ = layouts[i];
     try {
       forward_pd_ = ForwardPD(prop, bias_md_, onednn::Attr());
-      plain_ = !onednn::IsReference(forward_pd_) && (!training_ ||
+      // (a blocked layout only for the depthwise kernel, jit_dw)
+      chosen = (layouts[i] == tag::abcd ||
+          std::string(forward_pd_.impl_info_str()).compare(0, 6, "jit_dw") == 0)
+          && !onednn::IsReference(forward_pd_) && (!training_ ||
           (!onednn::IsReference(DataPD()) &&
            !onednn::IsReference(WeightsPD())));
     } catch (const dnnl::error&) {
-      plain_ = false;  // none for Caffe's layout
+      // none for this layout
     }
   }
-  if (!plain_) forward_pd_ = ForwardPD(prop, bias_md_, onednn::Attr());
+  if (!chosen) {
+    activations_ = tag::any;
+    forward_pd_ = ForwardPD(prop, bias_md_, onednn::Attr());
+  }
   // A layer that names no engine runs the faster code, decided here for
   // forward and backward alike, so that every pass runs the same code.
   const std::string slower = !DefaultEngine() ? ""
@@ -289,7 +306,7 @@ OneDNNConvolutionLayer<Dtype>::WeightsPD() const {
 template <typename Dtype>
 dnnl::memory::desc OneDNNConvolutionLayer<Dtype>::Activations(
     const dnnl::memory::desc& md) const {
-  return plain_ ? md : onednn::Any(md);
+  return dnnl::memory::desc(md.get_dims(), md.get_data_type(), activations_);
 }
 
 template <typename Dtype>
