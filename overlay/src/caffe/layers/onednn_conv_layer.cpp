@@ -88,7 +88,7 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
   // copies, 111 ms without (bench/bench_zoo.py's CPU, AVX-512). A depthwise
   // convolution runs oneDNN's depthwise kernel on channels in blocks of 16
   // (AVX-512) or 8, where oneDNN would pick channels last: MobileNet's
-  // forward took 12-15% less time (AVX-512 and AVX2). Each only where its
+  // forward took 9-17% less time (AVX2 and AVX-512). Each only where its
   // primitives are no reference code (ARM), else format any.
   typedef dnnl::memory::format_tag tag;
   vector<tag> layouts;
