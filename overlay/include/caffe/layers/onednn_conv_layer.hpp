@@ -22,7 +22,8 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
  public:
   explicit OneDNNConvolutionLayer(const LayerParameter& param)
       : ConvolutionLayer<Dtype>(param), use_caffe_(false), training_(true),
-        activations_(dnnl::memory::format_tag::any), batch_norm_(NULL), scale_(NULL), relu_(NULL) {}
+        activations_(dnnl::memory::format_tag::any), batch_norm_(NULL),
+        scale_(NULL), relu_(NULL) {}
   virtual void LayerSetUp(const vector<Blob<Dtype>*>& bottom,
       const vector<Blob<Dtype>*>& top);
   virtual void Reshape(const vector<Blob<Dtype>*>& bottom,

@@ -62,7 +62,8 @@ class Fallback {
 // Whether oneDNN picked one of its reference loops for a primitive (an
 // implementation named ref... or simple...: pooling on a plain layout on an
 // AVX2 CPU; or gemm:ref, a GEMM on its reference GEMM: convolutions and inner
-// products on ARM), slower than Caffe's own code; and that as a fallback reason.
+// products on ARM), slower than Caffe's own code; and that as a fallback
+// reason.
 bool IsReference(const dnnl::primitive_desc_base& pd);
 std::string ReferenceReason(const dnnl::primitive_desc_base& pd);
 // The same for a forward and its backward (empty where the net runs none):

@@ -8,7 +8,8 @@
 namespace caffe {
 
 template <typename Dtype>
-void OneDNNConvolutionLayer<Dtype>::UseCaffe(const std::string& why, bool error) {
+void OneDNNConvolutionLayer<Dtype>::UseCaffe(const std::string& why,
+                                               bool error) {
   use_caffe_ = true;
   fallback_.Set(why, error);
 }
@@ -106,8 +107,8 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
     try {
       forward_pd_ = ForwardPD(prop, bias_md_, onednn::Attr());
       // (a blocked layout only for the depthwise kernel, jit_dw)
-      chosen = (layouts[i] == tag::abcd ||
-          std::string(forward_pd_.impl_info_str()).compare(0, 6, "jit_dw") == 0)
+      const std::string impl = forward_pd_.impl_info_str();
+      chosen = (layouts[i] == tag::abcd || impl.compare(0, 6, "jit_dw") == 0)
           && !onednn::IsReference(forward_pd_) && (!training_ ||
           (!onednn::IsReference(DataPD()) &&
            !onednn::IsReference(WeightsPD())));

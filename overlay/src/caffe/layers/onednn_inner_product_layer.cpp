@@ -6,7 +6,8 @@
 namespace caffe {
 
 template <typename Dtype>
-void OneDNNInnerProductLayer<Dtype>::UseCaffe(const std::string& why, bool error) {
+void OneDNNInnerProductLayer<Dtype>::UseCaffe(const std::string& why,
+                                                bool error) {
   use_caffe_ = true;
   fallback_.Set(why, error);
 }
@@ -64,7 +65,8 @@ void OneDNNInnerProductLayer<Dtype>::MakeForward() {
       tag::any);
   forward_pd_ = dnnl::inner_product_forward::primitive_desc(
       onednn::cpu_engine(), training_ ? dnnl::prop_kind::forward_training
-      : dnnl::prop_kind::forward_inference, src_md_, weights_any, bias_md_, dst_md_, onednn::Attr());
+      : dnnl::prop_kind::forward_inference, src_md_, weights_any, bias_md_,
+      dst_md_, onednn::Attr());
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
   if (DefaultEngine() && onednn::IsReference(forward_pd_)) {
