@@ -222,11 +222,14 @@ void UnaryPrimitives::Init(const dnnl::memory::desc& src,
   backward_ = dnnl::primitive();
   if (!backward_pd_) return;
   backward_ = dnnl::primitive(backward_pd_);
+  // Distinct scratch slots for one primitive's operands, the first ones
+  // first: a slot keeps the largest copy it has held.
   const dnnl::memory::desc bw_src = backward_pd_.src_desc(0);
   backward_reads_src_ = bw_src.get_ndims() > 0;
+  const int first = backward_reads_src_ ? 1 : 0;
   if (backward_reads_src_) bw_src_.Init(src, bw_src, 0);
-  diff_dst_.Init(dst, backward_pd_.diff_dst_desc(0), 1);
-  diff_src_.Init(src, backward_pd_.diff_src_desc(0), 2);
+  diff_dst_.Init(dst, backward_pd_.diff_dst_desc(0), first);
+  diff_src_.Init(src, backward_pd_.diff_src_desc(0), first + 1);
   const dnnl::memory::desc workspace = forward_pd_.workspace_desc();
   if (workspace.get_size() > 0) {
     workspace_ = dnnl::memory(workspace, cpu_engine());
