@@ -75,6 +75,11 @@ std::string ReferenceReason(const dnnl::primitive_desc_base& forward,
 // pycaffe, one line in the caffe tool) naming the layer and its type.
 void Fail(const LayerParameter& layer, const dnnl::error& e);
 
+// oneDNN's channel-blocked layouts of 4-D activations, widest first: 16
+// channels a block (AVX-512's kernels), then 8 (AVX2's and SSE4.1's).
+const dnnl::memory::format_tag kBlockedLayouts[] = {
+    dnnl::memory::format_tag::aBcd16b, dnnl::memory::format_tag::aBcd8b};
+
 // A layout of md's dimensions and type that a primitive chooses (format any).
 dnnl::memory::desc Any(const dnnl::memory::desc& md);
 
@@ -146,17 +151,17 @@ class Operand {
 };
 
 // The primitives of a layer of one bottom and one top (pooling, LRN): its
-// forward, its backward where its net runs one, in the layout they run
-// fastest in, and Caffe's buffers reordered to and from it.
+// forward, its backward where its net runs one, in the first layout with
+// more than reference code for both, and Caffe's buffers reordered to and
+// from it.
 class UnaryPrimitives {
  public:
   UnaryPrimitives() : backward_reads_src_(false) {}
   // make(layout, &forward, &backward) makes the primitive descriptors for
   // operands in that layout (backward left empty where the net runs none),
   // or throws dnnl::error where oneDNN has none for it. Choose takes the
-  // first of Caffe's plain layout and oneDNN's channel-blocked ones (16
-  // channels a block: AVX-512's kernels; 8: AVX2's and SSE4.1's) with more
-  // than reference code, and the plain one where none has; it throws the
+  // first of Caffe's plain layout and kBlockedLayouts with more than
+  // reference code, and the plain one where none has; it throws the
   // plain one's error. It returns why Caffe's code is faster ("" where
   // nothing is reference code).
   typedef std::function<void(dnnl::memory::format_tag,

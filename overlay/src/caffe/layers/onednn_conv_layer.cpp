@@ -1,5 +1,6 @@
 #ifdef USE_ONEDNN
 #include <cmath>
+#include <iterator>
 #include <string>
 #include <vector>
 
@@ -86,7 +87,8 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
   // convolution, which over Caffe's layout is one GEMM an image (the weights
   // times the image's channels x pixels, no im2col): it runs on Caffe's
   // buffers. ResNet-50's 1x1 convolutions took 196 ms at batch 8 with the
-  // copies, 111 ms without (bench/bench_zoo.py's CPU, AVX-512). A depthwise
+  // copies, 111 ms without (each timed alone, one thread, AVX-512; the
+  // whole net's time is in docs/speed.md). A depthwise
   // convolution runs oneDNN's depthwise kernel on channels in blocks of 16
   // (AVX-512) or 8, where oneDNN would pick channels last: MobileNet's
   // forward took 9-17% less time (AVX2 and AVX-512). Each only where its
@@ -96,8 +98,8 @@ void OneDNNConvolutionLayer<Dtype>::MakeForward() {
   if (kernel[0] == 1 && kernel[1] == 1) {
     layouts.push_back(tag::abcd);
   } else if (group > 1 && group == channels && out == channels) {
-    layouts.push_back(tag::aBcd16b);
-    layouts.push_back(tag::aBcd8b);
+    layouts.assign(std::begin(onednn::kBlockedLayouts),
+                   std::end(onednn::kBlockedLayouts));
   }
   const dnnl::prop_kind prop = training_
       ? dnnl::prop_kind::forward_training : dnnl::prop_kind::forward_inference;

@@ -2,7 +2,9 @@
 #include <dlfcn.h>
 
 #include <cstdlib>
+#include <iterator>
 #include <string>
+#include <vector>
 
 #include "caffe/common.hpp"
 #include "caffe/util/onednn.hpp"
@@ -194,9 +196,11 @@ void Operand::Out(void* data) {
 }
 
 std::string UnaryPrimitives::Choose(const Make& make) {
-  typedef dnnl::memory::format_tag tag;
-  const tag layouts[] = {tag::abcd, tag::aBcd16b, tag::aBcd8b};
-  for (int i = 0; i < 3; ++i) {
+  std::vector<dnnl::memory::format_tag> layouts(1,
+      dnnl::memory::format_tag::abcd);
+  layouts.insert(layouts.end(), std::begin(kBlockedLayouts),
+                 std::end(kBlockedLayouts));
+  for (int i = 0; i < layouts.size(); ++i) {
     dnnl::primitive_desc forward, backward;
     try {
       make(layouts[i], &forward, &backward);
