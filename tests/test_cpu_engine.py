@@ -124,10 +124,6 @@ def is_reference(implementation: str) -> bool:
     return implementation.startswith(("ref", "simple", "gemm:ref"))
 
 
-def is_gemm_fallback(implementation: str) -> bool:
-    return "gemm" in implementation and "brgemm" not in implementation
-
-
 # oneDNN's kernels depend on the ISA level: the native one, what a CPU without
 # AVX-512 or without AVX has, and a value oneDNN does not know (it ignores it).
 ISA_LEVELS = [None, "AVX2", "SSE41", "NOT_AN_ISA"]
@@ -146,11 +142,9 @@ def test_training_with_onednn_reaches_the_losses_of_caffes_engine(tmp_path, isa)
     # A layer that names no engine never runs oneDNN's reference loops (it runs
     # Caffe's code instead); pooling, which has only those for the plain layout
     # below AVX-512, runs in the blocked layout there (asserted above). An inner
-    # product runs Caffe's code, forward and backward, where oneDNN's weights'
-    # gradient would be its GEMM fallback (below AVX-512).
+    # product runs Caffe's code, forward and backward, in a net that trains.
     assert not any(is_reference(i) for kind in ENGINE_PRIMITIVES for i in ran.get(kind, ())), ran
-    explicit_weights = ran_explicit["inner_product/backward_weights"]
-    assert ("inner_product" in ran) == (not any(map(is_gemm_fallback, explicit_weights)))
+    assert "inner_product" not in ran and "inner_product/backward_weights" in ran_explicit
     assert onednn[-1] <= onednn[0] / 10, onednn  # it learns
     # The same start (one seed) and data: the same losses, up to rounding.
     for losses in (onednn, explicit):
@@ -578,7 +572,8 @@ with open(sys.argv[2], "w") as out:
 
 @pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
 def test_nets_made_in_one_thread_train_in_two_others_at_once(write_file, tmp_path, isa):
-    net = write_file("net.prototxt", NET.format(engine=""))
+    # Every layer names ONEDNN: each kind of primitive runs in the threads.
+    net = write_file("net.prototxt", NET.format(engine="engine: ONEDNN"))
     env = dict(os.environ, GLOG_minloglevel="2", ONEDNN_VERBOSE="1", OMP_WAIT_POLICY="passive",
                **({"ONEDNN_MAX_CPU_ISA": isa} if isa else {}))
     report = tmp_path / "threads.json"
@@ -586,10 +581,7 @@ def test_nets_made_in_one_thread_train_in_two_others_at_once(write_file, tmp_pat
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     rows = executed(result.stdout)
-    # Below AVX-512 (and on ARM) the inner products run Caffe's code (docs/cpu-engine.md).
-    expected = on_onednn_here(ENGINE_PRIMITIVES - (set() if isa is None and cpu_has_avx512()
-                                                   else {"inner_product"}))
-    assert {row[1] for row in rows} >= expected
+    assert {row[1] for row in rows} >= ENGINE_PRIMITIVES
     unmanaged = [row for row in rows if not any(f.startswith("attr-scratchpad:user") for f in row)]
     assert not unmanaged, unmanaged[:3]
     both = json.loads(report.read_text())
@@ -643,6 +635,56 @@ def test_alternating_batch_sizes_reorder_the_weights_once(write_file, isa):
         pytest.skip("oneDNN keeps every layer's weights in Caffe's layout at this level")
     assert max(once.values()) == 1, once
     assert weight_reorders(run_reshapes(net, "batch", [32, 7, 32, 7, 32], isa)) == once
+
+
+# Three SGD steps of NET (argv[1]'s solver): each step changes the weights.
+STEPS_PROBE = """
+import sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+solver = caffe.SGDSolver(sys.argv[1])
+rng = np.random.default_rng(0)
+for _ in range(3):
+    solver.net.blobs["data"].data[...] = rng.normal(size=(32, 1, 12, 12))
+    solver.net.blobs["label"].data[...] = np.arange(32) % 4
+    solver.step(1)
+"""
+
+
+def layout(descriptors: str, operand: str) -> str:
+    """An operand's layout in an ONEDNN_VERBOSE line's memory descriptors."""
+    return re.search(operand + r"_f32:\S*?:blocked:(\w+)", descriptors).group(1)
+
+
+def test_a_training_step_copies_weights_once_where_forward_and_backward_agree(tmp_path):
+    """The backward data reads the forward's copy of the weights where both
+    want the same layout: one copy a layer per version of its weights."""
+    if not cpu_has_avx512():
+        pytest.skip("measured where oneDNN's AVX-512 inner products take the same layout both ways")
+    net = tmp_path / "net.prototxt"
+    net.write_text(NET.format(engine="engine: ONEDNN"))  # inner products too
+    solver = tmp_path / "solver.prototxt"
+    solver.write_text(SOLVER.format(net=net))
+    env = dict(os.environ, ONEDNN_VERBOSE="1", GLOG_minloglevel="2")
+    result = subprocess.run([sys.executable, "-c", STEPS_PROBE, str(solver)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = executed(result.stdout)
+    shared = []
+    for layer, kind, problem, dims in (("conv1", "convolution", "ic1oc8", "8x1x3x3"),
+                                       ("conv2", "convolution", "g2ic8oc16", "2x8x4x3x3"),
+                                       ("ip1", "inner_product", "ic144oc32", "32x144"),
+                                       ("ip2", "inner_product", "ic32oc4", "4x32")):
+        weights = {row[3]: layout(row[4], "wei") for row in rows
+                   if row[1] == kind and problem in row[-2]}
+        copies = [row for row in rows if row[1] == "reorder" and row[-2] == dims
+                  and layout(row[4], "src") != layout(row[4], "dst")
+                  and layout(row[4], "dst") == weights.get("forward_training")]
+        if weights.get("forward_training") == weights.get("backward_data") and copies:
+            shared.append(layer)
+            assert len(copies) == 3, (layer, weights, len(copies))
+    assert "ip1" in shared, weights
 
 
 # AVE pooling with padding: at 6 x 6 its last window reaches past the

@@ -243,3 +243,63 @@ def test_caffe_engine_onednn_runs_layers_that_name_caffe_on_onednn(write_file):
     np.testing.assert_allclose(json.loads(onednn.stdout.strip().splitlines()[-1]),
                                json.loads(as_named.stdout.strip().splitlines()[-1]),
                                rtol=1e-4, atol=1e-5)
+
+
+# Two inner products (fc2's weights kept transposed), at one row, four rows and
+# one row again, on both engines; a held weights array is written after each
+# forward. Prints {engine: [fc2 after each forward]} as JSON.
+ROWS_NET = """
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 96 } } }
+layer { name: "fc1" type: "InnerProduct" bottom: "data" top: "fc1"
+        inner_product_param { num_output: 64 weight_filler { type: "gaussian" std: 0.1 }
+                              bias_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "fc2" type: "InnerProduct" bottom: "fc1" top: "fc2"
+        inner_product_param { num_output: 24 transpose: true bias_term: false
+                              weight_filler { type: "gaussian" std: 0.1 } } }
+"""
+ROWS_PROBE = """
+import json, os, sys
+import numpy as np
+import caffe
+caffe.set_mode_cpu()
+results = {}
+for engine in ("default", "caffe"):
+    os.environ["CAFFE_ENGINE"] = engine
+    caffe.set_random_seed(1)
+    net = caffe.Net(sys.argv[1], caffe.TEST)
+    weights = net.params["fc1"][0].data
+    rng = np.random.default_rng(4)
+    seen = []
+    for rows in (1, 4, 1):
+        net.blobs["data"].reshape(rows, 96)
+        net.blobs["data"].data[...] = rng.standard_normal((rows, 96))
+        net.forward()
+        seen.append(net.blobs["fc2"].data.tolist())
+        weights[5] *= -2
+    results[engine] = seen
+print(json.dumps(results))
+"""
+
+
+@pytest.mark.parametrize("isa", [None, "AVX2"], ids=["native", "AVX2"])
+def test_one_row_inner_products_read_caffes_weights_without_a_copy(write_file, isa):
+    net = write_file("rows.prototxt", ROWS_NET)
+    result = child("-c", ROWS_PROBE, str(net), isa=isa, ONEDNN_VERBOSE="1")
+    both = json.loads(result.stdout.strip().splitlines()[-1])
+    assert len(both["default"]) == len(both["caffe"]) == 3
+    for default, own in zip(both["default"], both["caffe"]):
+        np.testing.assert_allclose(default, own, rtol=1e-5, atol=1e-6)
+    rows = executed(result.stdout)
+    one_row = [i for i, row in enumerate(rows) if row[1] == "inner_product" and row[-2].startswith("mb1")]
+    four = [i for i, row in enumerate(rows) if row[1] == "inner_product" and row[-2].startswith("mb4")]
+    if "inner_product" in REFERENCE_ONLY or not rows[one_row[0]][2].endswith("gemm:jit"):
+        return  # only x86's oneDNN has a GEMM of its own for Caffe's layout (ARM's is gemm:ref)
+    assert len(one_row) == 4 and len(four) == 2, [rows[i][1:3] + rows[i][-2:-1] for i in one_row + four]
+    # One row: oneDNN's GEMM on the weights where Caffe keeps them (fc2's
+    # transposed), no copy of them; the four-row forward in between may copy.
+    for i in one_row:
+        layout = "ab" if "oc64" in rows[i][-2] else "ba"
+        assert rows[i][2].endswith("gemm:jit") and f"wei_f32::blocked:{layout}::" in rows[i][4], rows[i]
+    weight_dims = {"64x96", "24x64"}
+    copies = [i for i, row in enumerate(rows) if row[1] == "reorder" and row[-2] in weight_dims]
+    assert all(four[0] - 2 <= i < four[-1] for i in copies), (copies, one_row, four)

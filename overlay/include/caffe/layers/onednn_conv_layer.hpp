@@ -85,6 +85,7 @@ class OneDNNConvolutionLayer : public ConvolutionLayer<Dtype> {
   bool backward_made_;
   dnnl::convolution_backward_data backward_data_;
   onednn::Operand bd_diff_dst_, bd_weights_, bd_diff_src_;
+  bool bd_shares_weights_;  // the backward data reads weights_
   dnnl::convolution_backward_weights backward_weights_;
   onednn::Operand bw_src_, bw_diff_dst_, bw_diff_weights_, bw_diff_bias_;
 };

@@ -41,18 +41,21 @@ class OneDNNInnerProductLayer : public InnerProductLayer<Dtype> {
   void MakeForward();
   void MakeBackward();
   dnnl::inner_product_backward_weights::primitive_desc WeightsPD() const;
+  dnnl::inner_product_backward_data::primitive_desc DataPD() const;
 
   bool use_caffe_;  // for the current shape
   onednn::Fallback fallback_;
   int rows_;  // M_, the row count the primitives are made for
   bool training_;  // they are made for a backward too
   dnnl::memory::desc src_md_, weights_md_, bias_md_, dst_md_;
+  dnnl::memory::desc weights_layout_;
   dnnl::inner_product_forward::primitive_desc forward_pd_;
   dnnl::inner_product_forward forward_;
   onednn::Operand src_, weights_, bias_, dst_;
   bool backward_made_;
   dnnl::inner_product_backward_data backward_data_;
   onednn::Operand bd_diff_dst_, bd_weights_, bd_diff_src_;
+  bool bd_shares_weights_;  // the backward data reads weights_
   dnnl::inner_product_backward_weights backward_weights_;
   onednn::Operand bw_src_, bw_diff_dst_, bw_diff_weights_, bw_diff_bias_;
 };

@@ -88,9 +88,13 @@ dnnl::memory::desc Plain(const dnnl::memory::dims& dims);
 
 // A thread's reusable buffer, one per slot, at least bytes long: the copies
 // of activations in a primitive's layout live only during one layer's call,
-// so all layers share them instead of each keeping its own. Slots 0 to 3 are
-// the operands'; kScratchpadSlot is Execute's.
+// so all layers share them instead of each keeping its own. Slots 0 and 1
+// are the activations', kWeightsDiffSlot and kBiasDiffSlot a parameter
+// gradient's on its way into Caffe's diff (where it is added), and
+// kScratchpadSlot is Execute's.
 void* Scratch(int slot, size_t bytes);
+const int kWeightsDiffSlot = 2;
+const int kBiasDiffSlot = 3;
 const int kScratchpadSlot = 4;
 
 // The attributes every primitive of the engine is made with: a scratchpad

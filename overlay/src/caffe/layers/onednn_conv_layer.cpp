@@ -352,8 +352,13 @@ void OneDNNConvolutionLayer<Dtype>::MakeBackward() {
   const dnnl::convolution_backward_data::primitive_desc data_pd = DataPD();
   backward_data_ = dnnl::convolution_backward_data(data_pd);
   bd_diff_dst_.Init(dst_md_, data_pd.diff_dst_desc(), 1);
-  bd_weights_.Init(weights_md_, data_pd.weights_desc(),
-      onednn::Operand::kOwn);
+  // The forward's copy of the weights serves where the layouts are the
+  // same: one copy a layer, reordered once a version of the weights.
+  bd_shares_weights_ = data_pd.weights_desc() == forward_pd_.weights_desc();
+  if (!bd_shares_weights_) {
+    bd_weights_.Init(weights_md_, data_pd.weights_desc(),
+        onednn::Operand::kOwn);
+  }
   bd_diff_src_.Init(src_md_, data_pd.diff_src_desc(), 0);
   const dnnl::convolution_backward_weights::primitive_desc weights_pd =
       WeightsPD();
@@ -362,10 +367,10 @@ void OneDNNConvolutionLayer<Dtype>::MakeBackward() {
   bw_diff_dst_.Init(dst_md_, weights_pd.diff_dst_desc(), 1);
   // Caffe adds parameter gradients to what the diffs hold.
   bw_diff_weights_.Init(weights_md_, weights_pd.diff_weights_desc(),
-      onednn::Operand::kOwn, true);
+      onednn::kWeightsDiffSlot, true);
   if (this->bias_term_) {
     bw_diff_bias_.Init(bias_md_, weights_pd.diff_bias_desc(),
-        onednn::Operand::kOwn, true);
+        onednn::kBiasDiffSlot, true);
   }
   backward_made_ = true;
 }
@@ -454,7 +459,8 @@ void OneDNNConvolutionLayer<Dtype>::Backward_cpu(
         Dtype* bottom_diff = bottom[i]->mutable_cpu_diff();
         std::unordered_map<int, dnnl::memory> args;
         args[DNNL_ARG_DIFF_DST] = bd_diff_dst_.In(top_diff);
-        args[DNNL_ARG_WEIGHTS] = bd_weights_.In(this->blobs_[0].get());
+        args[DNNL_ARG_WEIGHTS] = (bd_shares_weights_ ? weights_
+            : bd_weights_).In(this->blobs_[0].get());
         args[DNNL_ARG_DIFF_SRC] = bd_diff_src_.Target(bottom_diff);
         onednn::Execute(backward_data_, args);
         bd_diff_src_.Out(bottom_diff);

@@ -51,6 +51,17 @@ void OneDNNInnerProductLayer<Dtype>::Reshape(
 
 template <typename Dtype>
 void OneDNNInnerProductLayer<Dtype>::MakeForward() {
+  // In a net that runs its backward, Caffe's two GEMMs are faster than
+  // oneDNN's backward (and the copy its weights' gradient takes into Caffe's
+  // diff) by more than oneDNN's forward gains: forward + backward 1.3-3.3x
+  // Caffe's on an Intel Xeon with AVX-512 (bench/bench_cpu_engine.py's
+  // LeNet and conv4), slower backward on an AMD Zen 5, and below AVX-512
+  // the backward is oneDNN's GEMM fallback. Decided here, for forward and
+  // backward alike, so that every pass of a net runs the same code.
+  if (DefaultEngine() && training_) {
+    UseCaffe("a net that runs its backward: Caffe's GEMMs are faster there");
+    return;
+  }
   typedef dnnl::memory::format_tag tag;
   const int M = this->M_, K = this->K_, N = this->N_;
   // The axes before axis are rows, the rest one row of K inputs.
@@ -61,28 +72,40 @@ void OneDNNInnerProductLayer<Dtype>::MakeForward() {
       ? dnnl::memory::desc({N, K}, dnnl::memory::data_type::f32, tag::ba)
       : onednn::Plain({N, K});
   bias_md_ = this->bias_term_ ? onednn::Plain({N}) : dnnl::memory::desc();
-  dnnl::memory::desc weights_any({N, K}, dnnl::memory::data_type::f32,
-      tag::any);
-  forward_pd_ = dnnl::inner_product_forward::primitive_desc(
-      onednn::cpu_engine(), training_ ? dnnl::prop_kind::forward_training
-      : dnnl::prop_kind::forward_inference, src_md_, weights_any, bias_md_,
-      dst_md_, onednn::Attr());
+  const dnnl::prop_kind prop = training_
+      ? dnnl::prop_kind::forward_training
+      : dnnl::prop_kind::forward_inference;
+  // One row (a batch of one) is a matrix-vector product, bound by reading
+  // the weights once: oneDNN's GEMM reads them in Caffe's layout, faster
+  // than its blocked kernels and without their copy (CaffeNet's fc6-fc8:
+  // 222 MB). Where rows reuse each weight the blocked copy pays (AVX-512,
+  // 8 rows: 2x). Measured with AVX-512 and AVX2, bench/bench_zoo.py.
+  weights_layout_ = weights_md_;
+  if (M == 1) {
+    try {
+      forward_pd_ = dnnl::inner_product_forward::primitive_desc(
+          onednn::cpu_engine(), prop, src_md_, weights_layout_, bias_md_,
+          dst_md_, onednn::Attr());
+      if (onednn::IsReference(forward_pd_) || (training_ &&
+          (onednn::IsReference(DataPD()) ||
+           onednn::IsReference(WeightsPD())))) {
+        weights_layout_ = onednn::Any(weights_md_);
+      }
+    } catch (const dnnl::error&) {
+      weights_layout_ = onednn::Any(weights_md_);
+    }
+  } else {
+    weights_layout_ = onednn::Any(weights_md_);
+  }
+  if (weights_layout_.get_format_kind() == dnnl::memory::format_kind::any) {
+    forward_pd_ = dnnl::inner_product_forward::primitive_desc(
+        onednn::cpu_engine(), prop, src_md_, weights_layout_, bias_md_,
+        dst_md_, onednn::Attr());
+  }
   // A layer that names no engine runs the faster code, and oneDNN's
   // reference loops are slower than Caffe's.
   if (DefaultEngine() && onednn::IsReference(forward_pd_)) {
     UseCaffe(onednn::ReferenceReason(forward_pd_));
-    return;
-  }
-  // oneDNN's GEMM fallback for the weights' gradient (below AVX-512) writes
-  // it transposed and reorders it into Caffe's diff: Caffe's own two GEMMs
-  // are faster (LeNet's ip1 backward, bench/bench_cpu_engine.py, AVX2).
-  // Decided here, for forward and backward alike, so that every pass of a
-  // net runs the same code.
-  const std::string impl = training_ ? WeightsPD().impl_info_str() : "";
-  if (DefaultEngine() && impl.find("gemm") != std::string::npos &&
-      impl.find("brgemm") == std::string::npos) {
-    UseCaffe("oneDNN's backward is its GEMM fallback (" + impl +
-             ") and a reorder of the gradient, slower than Caffe's GEMM");
     return;
   }
   forward_ = dnnl::inner_product_forward(forward_pd_);
@@ -100,21 +123,30 @@ template <typename Dtype>
 dnnl::inner_product_backward_weights::primitive_desc
 OneDNNInnerProductLayer<Dtype>::WeightsPD() const {
   return dnnl::inner_product_backward_weights::primitive_desc(
-      onednn::cpu_engine(), src_md_, onednn::Any(weights_md_), bias_md_,
+      onednn::cpu_engine(), src_md_, weights_layout_, bias_md_,
       dst_md_, forward_pd_, onednn::Attr());
 }
 
 template <typename Dtype>
-void OneDNNInnerProductLayer<Dtype>::MakeBackward() {
-  dnnl::memory::desc weights_any(weights_md_.get_dims(),
-      dnnl::memory::data_type::f32, dnnl::memory::format_tag::any);
-  dnnl::inner_product_backward_data::primitive_desc data_pd(
-      onednn::cpu_engine(), src_md_, weights_any, dst_md_, forward_pd_,
+dnnl::inner_product_backward_data::primitive_desc
+OneDNNInnerProductLayer<Dtype>::DataPD() const {
+  return dnnl::inner_product_backward_data::primitive_desc(
+      onednn::cpu_engine(), src_md_, weights_layout_, dst_md_, forward_pd_,
       onednn::Attr());
+}
+
+template <typename Dtype>
+void OneDNNInnerProductLayer<Dtype>::MakeBackward() {
+  const dnnl::inner_product_backward_data::primitive_desc data_pd = DataPD();
   backward_data_ = dnnl::inner_product_backward_data(data_pd);
   bd_diff_dst_.Init(dst_md_, data_pd.diff_dst_desc(), 1);
-  bd_weights_.Init(weights_md_, data_pd.weights_desc(),
-      onednn::Operand::kOwn);
+  // The forward's copy of the weights serves where the layouts are the
+  // same: one copy a layer, reordered once a version of the weights.
+  bd_shares_weights_ = data_pd.weights_desc() == forward_pd_.weights_desc();
+  if (!bd_shares_weights_) {
+    bd_weights_.Init(weights_md_, data_pd.weights_desc(),
+        onednn::Operand::kOwn);
+  }
   bd_diff_src_.Init(src_md_, data_pd.diff_src_desc(), 0);
   const dnnl::inner_product_backward_weights::primitive_desc weights_pd =
       WeightsPD();
@@ -123,10 +155,10 @@ void OneDNNInnerProductLayer<Dtype>::MakeBackward() {
   bw_diff_dst_.Init(dst_md_, weights_pd.diff_dst_desc(), 1);
   // Caffe adds parameter gradients to what the diffs hold.
   bw_diff_weights_.Init(weights_md_, weights_pd.diff_weights_desc(),
-      onednn::Operand::kOwn, true);
+      onednn::kWeightsDiffSlot, true);
   if (this->bias_term_) {
     bw_diff_bias_.Init(bias_md_, weights_pd.diff_bias_desc(),
-        onednn::Operand::kOwn, true);
+        onednn::kBiasDiffSlot, true);
   }
   backward_made_ = true;
 }
@@ -195,7 +227,8 @@ void OneDNNInnerProductLayer<Dtype>::Backward_cpu(
       Dtype* bottom_diff = bottom[0]->mutable_cpu_diff();
       std::unordered_map<int, dnnl::memory> args;
       args[DNNL_ARG_DIFF_DST] = bd_diff_dst_.In(top_diff);
-      args[DNNL_ARG_WEIGHTS] = bd_weights_.In(this->blobs_[0].get());
+      args[DNNL_ARG_WEIGHTS] = (bd_shares_weights_ ? weights_
+            : bd_weights_).In(this->blobs_[0].get());
       args[DNNL_ARG_DIFF_SRC] = bd_diff_src_.Target(bottom_diff);
       onednn::Execute(backward_data_, args);
       bd_diff_src_.Out(bottom_diff);
