@@ -653,8 +653,9 @@ for _ in range(3):
 
 
 def layout(descriptors: str, operand: str) -> str:
-    """An operand's layout in an ONEDNN_VERBOSE line's memory descriptors."""
-    return re.search(operand + r"_f32:\S*?:blocked:(\w+)", descriptors).group(1)
+    """An operand's layout in an ONEDNN_VERBOSE line's memory descriptors
+    ("wei_f32::blocked:ab::f0" in 3.2, "wei:f32::blocked:ab::f0" later)."""
+    return re.search(operand + r"[_:]f32:\S*?:blocked:(\w+)", descriptors).group(1)
 
 
 def test_a_training_step_copies_weights_once_where_forward_and_backward_agree(tmp_path):
@@ -684,7 +685,8 @@ def test_a_training_step_copies_weights_once_where_forward_and_backward_agree(tm
         if weights.get("forward_training") == weights.get("backward_data") and copies:
             shared.append(layer)
             assert len(copies) == 3, (layer, weights, len(copies))
-    assert "ip1" in shared, weights
+    # (ip1 with oneDNN 3.2, ip2 with 3.12, whose ip1 takes Caffe's layout)
+    assert shared, "no layer copied weights that its forward and backward share"
 
 
 # AVE pooling with padding: at 6 x 6 its last window reaches past the
