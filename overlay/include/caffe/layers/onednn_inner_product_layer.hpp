@@ -16,7 +16,8 @@ namespace caffe {
 #ifdef USE_ONEDNN
 /**
  * @brief InnerProductLayer (any axis, transpose or not) on oneDNN's inner
- *        product primitives in CPU mode; GPU mode runs Caffe's code.
+ *        product primitives in CPU mode, in nets that run no backward
+ *        unless it names engine ONEDNN; GPU mode runs Caffe's code.
  */
 template <typename Dtype>
 class OneDNNInnerProductLayer : public InnerProductLayer<Dtype> {

@@ -78,8 +78,9 @@ void OneDNNInnerProductLayer<Dtype>::MakeForward() {
   // One row (a batch of one) is a matrix-vector product, bound by reading
   // the weights once: oneDNN's GEMM reads them in Caffe's layout, faster
   // than its blocked kernels and without their copy (CaffeNet's fc6-fc8:
-  // 222 MB). Where rows reuse each weight the blocked copy pays (AVX-512,
-  // 8 rows: 2x). Measured with AVX-512 and AVX2, bench/bench_zoo.py.
+  // 222 MB). Measured on an Intel Xeon, fc6 at one row: 11.5 ms against
+  // 14.0 blocked with AVX-512, 10.5 against 13.7 with AVX2. Where rows reuse
+  // each weight the blocked copy can pay (8 rows, AVX-512: 17.5 against 33).
   weights_layout_ = weights_md_;
   if (M == 1) {
     try {
