@@ -81,9 +81,11 @@ void OneDNNInnerProductLayer<Dtype>::MakeForward() {
   // 222 MB). Measured on an Intel Xeon, fc6 at one row: 11.5 ms against
   // 14.0 blocked with AVX-512, 10.5 against 13.7 with AVX2. Where rows reuse
   // each weight the blocked copy can pay (8 rows, AVX-512: 17.5 against 33).
-  weights_layout_ = weights_md_;
+  // Caffe's layout where that is no reference code (on ARM it is gemm:ref).
+  weights_layout_ = onednn::Any(weights_md_);
   if (M == 1) {
     try {
+      weights_layout_ = weights_md_;
       forward_pd_ = dnnl::inner_product_forward::primitive_desc(
           onednn::cpu_engine(), prop, src_md_, weights_layout_, bias_md_,
           dst_md_, onednn::Attr());
@@ -95,8 +97,6 @@ void OneDNNInnerProductLayer<Dtype>::MakeForward() {
     } catch (const dnnl::error&) {
       weights_layout_ = onednn::Any(weights_md_);
     }
-  } else {
-    weights_layout_ = onednn::Any(weights_md_);
   }
   if (weights_layout_.get_format_kind() == dnnl::memory::format_kind::any) {
     forward_pd_ = dnnl::inner_product_forward::primitive_desc(
